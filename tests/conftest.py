@@ -1,0 +1,37 @@
+import os, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / 'shared' / 'data' / 'cifar10'
+
+def cli(*args, cwd=None, env=None, timeout=900):
+    "Run `python -m fast_resnet ARGS` as a user would, and return the completed process"
+    e = {k: v for k, v in os.environ.items() if k != 'FAST_RESNET_DATA'}  # tests name their data explicitly
+    e.update(PYTHONUNBUFFERED='1', MPLBACKEND='Agg', **(env or {}))
+    return subprocess.run([sys.executable, '-m', 'fast_resnet', *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=e, timeout=timeout)
+
+def assert_bad_input(r, contains):
+    "One line `error: ...` on stderr naming the fix, exit code 2, no traceback, nothing on stdout claiming success"
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
+    assert contains in lines[0], lines[0]
+    assert 'Traceback' not in r.stderr + r.stdout
+    assert 'test accuracy' not in r.stdout
+
+@pytest.fixture(scope='session')
+def fake_data(tmp_path_factory):
+    "A tiny random CIFAR-10 look-alike in the folder layout"
+    from fast_resnet.data import make_fake_cifar
+    return make_fake_cifar(tmp_path_factory.mktemp('data') / 'cifar', n_train=4, n_test=2)
+
+@pytest.fixture(scope='session')
+def quick_run(tmp_path_factory):
+    "One real `--quick` run on the real CIFAR-10, shared by the tests that read its run folder"
+    if not REAL_DATA.is_dir(): pytest.skip(f'the real CIFAR-10 is not at {REAL_DATA}')
+    out = tmp_path_factory.mktemp('runs') / 'quick'
+    r = cli('train', '--data', REAL_DATA, '--out', out, '--quick', '--seed', '0')
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r

@@ -1,0 +1,112 @@
+"Bad input on the command line: one line `error: ...`, exit code 2, no traceback, no output that looks complete."
+import json, shutil
+from pathlib import Path
+import pytest
+from conftest import cli, assert_bad_input
+
+@pytest.mark.parametrize('args,msg', [
+    (['--epochs', '0'], '--epochs must be positive'),
+    (['--epochs', '-3'], '--epochs must be positive'),
+    (['--epochs', 'ten'], '--epochs must be a number'),
+    (['--epochs', '2.5'], '--epochs must be a whole number'),
+    (['--bs', '0'], '--bs must be positive'),
+    (['--bs', 'big'], '--bs must be a number'),
+    (['--peak-epoch', '30'], '--peak-epoch 30 must lie inside the run'),
+    (['--epochs', '5', '--peak-epoch', '5'], 'must lie inside the run'),
+    (['--lr-min', '0.1', '--lr-max', '0.01'], '--lr-min 0.1 must be below --lr-max 0.01'),
+    (['--lr-min', '0', '--lr-max', '0.01'], '--lr-min must be positive'),
+    (['--lr-min', '-1', '--lr-max', '0.01'], '--lr-min must be positive'),
+    (['--lr-min', '0.1', '--lr-max', '0.1'], 'must be below'),
+    (['--lr-min', '0.001', '--lr-max', '0.1'], 'at most 25'),
+    (['--lr-min', '0.01'], 'give both --lr-min and --lr-max'),
+    (['--lr-max', '0.1'], 'give both --lr-min and --lr-max'),
+    (['--lr-min', 'x', '--lr-max', '0.1'], '--lr-min must be a number'),
+    (['--opt', 'rmsprop'], '--opt must be one of sgd, adam'),
+    (['--device', 'tpu'], '--device must be one of auto, cpu, cuda, mps'),
+    (['--pad-mode', 'wrap'], '--pad-mode must be one of'),
+    (['--seed', '-1'], '--seed must be in'),
+    (['--bogus', '1'], 'unrecognized arguments: --bogus'),
+    (['--epochs'], 'expected one argument'),
+])
+def test_bad_settings(args, msg, tmp_path):
+    r = cli('train', '--out', tmp_path/'run', *args)
+    assert_bad_input(r, msg)
+    assert not (tmp_path/'run').exists()  # nothing written
+
+def test_cuda_missing(tmp_path):
+    import torch
+    if torch.cuda.is_available(): pytest.skip('a CUDA GPU is visible here')
+    assert_bad_input(cli('train', '--device', 'cuda', '--out', tmp_path/'run'), 'no CUDA GPU is visible')
+
+def test_unknown_command(): assert_bad_input(cli('fly'), "unknown command 'fly'")
+
+def test_no_command():
+    r = cli()
+    assert r.returncode == 2 and 'usage: fast_resnet' in r.stdout
+
+def test_help():
+    r = cli('train', '--help')
+    assert r.returncode == 0 and '--lr-min' in r.stdout and '--quick' in r.stdout
+
+# The data folder: every case is answered before any training starts.
+def test_data_missing(tmp_path): assert_bad_input(cli('train', '--data', tmp_path/'nope', '--out', tmp_path/'r'), 'does not exist')
+
+def test_data_is_file(tmp_path):
+    (tmp_path/'f.txt').write_text('x')
+    assert_bad_input(cli('train', '--data', tmp_path/'f.txt', '--out', tmp_path/'r'), 'is a file')
+
+def test_data_empty(tmp_path):
+    (tmp_path/'empty').mkdir()
+    assert_bad_input(cli('train', '--data', tmp_path/'empty', '--out', tmp_path/'r'), 'holds neither train/ and test/')
+
+def test_data_no_test_split(tmp_path, fake_data):
+    d = tmp_path/'d'; shutil.copytree(fake_data/'train', d/'train')
+    assert_bad_input(cli('train', '--data', d, '--out', tmp_path/'r'), 'has train/ but no test/')
+
+def test_data_empty_class(tmp_path, fake_data):
+    d = tmp_path/'d'; shutil.copytree(fake_data, d)
+    for f in (d/'test'/'cat').iterdir(): f.unlink()
+    assert_bad_input(cli('train', '--data', d, '--out', tmp_path/'r'), 'holds no images')
+
+def test_data_wrong_size(tmp_path, fake_data):
+    from PIL import Image
+    d = tmp_path/'d'; shutil.copytree(fake_data, d)
+    Image.new('RGB', (40, 30)).save(d/'train'/'dog'/'big.png')
+    r = cli('train', '--data', d, '--out', tmp_path/'r')
+    assert_bad_input(r, 'is 40x30; CIFAR-10 images are 32x32')
+    assert 'big.png' in r.stderr and not (tmp_path/'r').exists()
+
+def test_data_unreadable(tmp_path, fake_data):
+    d = tmp_path/'d'; shutil.copytree(fake_data, d)
+    (d/'test'/'ship'/'broken.png').write_bytes(b'not an image')
+    assert_bad_input(cli('train', '--data', d, '--out', tmp_path/'r'), 'cannot read image')
+
+def test_data_bad_pickle(tmp_path):
+    p = tmp_path/'cifar-10-batches-py'; p.mkdir()
+    (p/'data_batch_1').write_bytes(b'garbage')
+    assert_bad_input(cli('train', '--data', tmp_path, '--out', tmp_path/'r'), 'cannot read')
+
+# The run folder
+def test_out_not_empty(tmp_path, fake_data):
+    (tmp_path/'r').mkdir(); (tmp_path/'r'/'x').write_text('x')
+    assert_bad_input(cli('train', '--data', fake_data, '--out', tmp_path/'r'), 'already holds files')
+
+def test_out_is_file(tmp_path, fake_data):
+    (tmp_path/'r').write_text('x')
+    assert_bad_input(cli('train', '--data', fake_data, '--out', tmp_path/'r'), 'is a file')
+
+def test_out_unwritable(tmp_path, fake_data):
+    (tmp_path/'f').write_text('x')  # a folder cannot be made under a file, even by root
+    assert_bad_input(cli('train', '--data', fake_data, '--out', tmp_path/'f'/'run'), 'cannot be written')
+
+# predict
+def test_predict_no_images(tmp_path): assert_bad_input(cli('predict', tmp_path), 'give at least one image')
+
+def test_predict_no_model(tmp_path, fake_data):
+    img = next((fake_data/'test'/'cat').iterdir())
+    assert_bad_input(cli('predict', tmp_path/'none', img), 'no model at')
+
+def test_predict_not_a_model(tmp_path, fake_data):
+    (tmp_path/'model.pkl').write_bytes(b'nonsense')
+    img = next((fake_data/'test'/'cat').iterdir())
+    assert_bad_input(cli('predict', tmp_path, img), 'is not a model exported by fast_resnet')

@@ -1,0 +1,55 @@
+"A real `--quick` run on the real CIFAR-10 (skipped, with the reason, where ../shared/data/cifar10 is absent)."
+import csv, json
+import numpy as np
+from conftest import cli, REAL_DATA
+
+RUN_FILES = ('config.json', 'history.csv', 'lr_schedule.csv', 'metrics.json', 'lr_find.png', 'one_cycle.png',
+             'cyclic_lr.png', 'curves.png', 'batch.png', 'misclassified.png', 'confusion.png', 'model.pkl', 'model.pth')
+
+def test_run_folder(quick_run):
+    out, r = quick_run
+    for f in RUN_FILES: assert (out/f).is_file() and (out/f).stat().st_size > 0, f
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['complete'] is True
+    assert m['test_acc'] >= 0.35, m  # the bar for the quick run
+    assert 'test accuracy' in r.stdout
+    cfg = json.loads((out/'config.json').read_text())
+    assert cfg['lr_source'] == 'lr_find' and cfg['seed'] == 0 and cfg['width'] == 16 and cfg['epochs'] == 5
+    assert 'fastai' in cfg['versions']
+
+def test_history(quick_run):
+    out, _ = quick_run
+    rows = list(csv.DictReader(open(out/'history.csv')))
+    assert [int(r['epoch']) for r in rows] == [1, 2, 3, 4, 5]
+    assert list(rows[0]) == ['epoch', 'lr', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds']
+    m = json.loads((out/'metrics.json').read_text())
+    assert float(rows[-1]['test_acc']) == m['test_acc']
+
+def test_lr_schedule_no_annihilation(quick_run):
+    out, _ = quick_run
+    cfg = json.loads((out/'config.json').read_text())
+    lo, hi = cfg['lr_min'], cfg['lr_max']
+    assert hi / lo <= 25 * (1 + 1e-9)
+    lr = np.loadtxt(out/'lr_schedule.csv', delimiter=',', skiprows=1)[:, 1]
+    n = len(lr)
+    assert n == 5 * 39  # 5,000 images at batch 128, the last partial batch dropped
+    assert np.isclose(lr[0], lo, rtol=1e-6)
+    assert np.argmax(lr) == round(n * cfg['peak_epoch'] / cfg['epochs']) and np.isclose(lr.max(), hi, rtol=1e-6)
+    assert lr.min() >= lo * (1 - 1e-9)  # never below LRMIN
+    assert np.isclose(lr[-1], lo, rtol=0.01)  # ends back at LRMIN
+    assert (np.diff(lr[np.argmax(lr):]) <= 1e-12).all()  # falls monotonically after the peak
+
+def test_predict(quick_run):
+    out, _ = quick_run
+    imgs = sorted((REAL_DATA/'test').glob('*/*.png'))[::1000][:10]  # one per class
+    r = cli('predict', out/'model.pkl', *imgs)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == len(imgs)
+    vocab = (REAL_DATA/'labels.txt').read_text().split()
+    right = 0
+    for img, line in zip(imgs, lines):
+        path, cls, conf = line.split('\t')
+        assert path == str(img) and cls in vocab and 0.1 <= float(conf) <= 1
+        right += cls == img.parent.name
+    assert right >= 2  # better than chance (1 in 10) on images it never saw
