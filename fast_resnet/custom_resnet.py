@@ -7,11 +7,11 @@ Docs: https://fast-resnet.github.io/fast_resnet/custom_resnet.html.md"""
 # %% auto #0
 __all__ = ['conv_bn', 'PrepLayer', 'CustomResBlock', 'ResLayer', 'CustomResNet']
 
-# %% ../nbs/02_custom_resnet.ipynb #c6a3f879
+# %% ../nbs/02_custom_resnet.ipynb #4c06d8be
 import torch
 from torch import nn
 
-# %% ../nbs/02_custom_resnet.ipynb #64bfce5e
+# %% ../nbs/02_custom_resnet.ipynb #d7f407dc
 def conv_bn(ni:int, nf:int, pool:bool=False) -> nn.Sequential:
     "Conv3x3(s1,p1) [- MaxPool2d(2)] - BN - ReLU"
     layers = [nn.Conv2d(ni, nf, 3, stride=1, padding=1, bias=False)]
@@ -22,7 +22,7 @@ class PrepLayer(nn.Sequential):
     "Conv3x3(s1,p1) - BN - ReLU, from RGB to `nf` channels"
     def __init__(self, ni:int=3, nf:int=64): super().__init__(*conv_bn(ni, nf))
 
-# %% ../nbs/02_custom_resnet.ipynb #b31f233f
+# %% ../nbs/02_custom_resnet.ipynb #a86f07fd
 class CustomResBlock(nn.Module):
     "The recipe's ResBlock: (Conv-BN-ReLU) x 2 at constant width; the caller adds the input back"
     def __init__(self, nf:int):
@@ -39,7 +39,7 @@ class ResLayer(nn.Module):
         x = self.conv(x)
         return x + self.res(x)
 
-# %% ../nbs/02_custom_resnet.ipynb #d3f7e610
+# %% ../nbs/02_custom_resnet.ipynb #512938d7
 class CustomResNet(nn.Sequential):
     "PrepLayer [c] - Layer1 [2c] with R1 - Layer2 [4c] - Layer3 [8c] with R2 - MaxPool(4) - FC; returns logits"
     def __init__(self, c:int=64, n_out:int=10):
