@@ -38,6 +38,7 @@ class Cutout(RandTransform):
         if f is None or f.device != x.device or f.dtype != x.dtype:
             f = self._fill_t = torch.tensor(self.fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return f
+    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_fill_t'}  # no device tensor in an export
 
 # %% ../nbs/01a_augment.ipynb #34d5788c
 def cifar_tfms(pad_mode:str='reflection', cutout:int=8):

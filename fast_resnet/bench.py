@@ -143,14 +143,15 @@ def plain_fit(dls, width:int, epochs:int, lr_min:float, lr_max:float, wd:float=5
     from fastai.callback.schedule import combined_cos
     from fast_resnet.custom_resnet import CustomResNet
     from fast_resnet.data import CIFAR_MEAN, CIFAR_STD, IMG_SIZE
-    from fast_resnet.fast_data import crop_flip, RandCropFlip, DeviceCutout
+    from fast_resnet.fast_data import crop_flip, RandCropFlip
+    from fast_resnet.augment import Cutout
     tr, va = dls.train, dls.valid
     xs, ys, tx, ty, bs = tr.xs, tr.ys, va.xs, va.ys, tr.bs
     dev = xs.device
     mean = torch.tensor(CIFAR_MEAN, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD, device=dev).view(1, 3, 1, 1)
     pad_mode = next(t.pad_mode for t in tr.after_batch.fs if isinstance(t, RandCropFlip))
-    cut = next((t.size for t in tr.after_batch.fs if isinstance(t, DeviceCutout)), 0)
+    cut = next((t.size for t in tr.after_batch.fs if isinstance(t, Cutout)), 0)
     g = None if seed is None else torch.Generator(dev).manual_seed(seed)
     r = torch.arange(IMG_SIZE, device=dev)
     def augment(x):
@@ -259,8 +260,8 @@ def bench(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
     from fastai.vision.all import set_seed
     from fast_resnet.data import read_cifar
     from fast_resnet.custom_resnet import CustomResNet
-    from fast_resnet.fast_data import fast_dls, fast_learner
-    from fast_resnet.learner import export, _versions
+    from fast_resnet.fast_data import fast_dls
+    from fast_resnet.learner import cifar_learner, export, _versions
     from fast_resnet.lr import one_cycle_kwargs
     data = read_cifar(s['data'])
     path = run_folder(s['out'] or Path('runs') / time.strftime('bench-%Y%m%d-%H%M%S'))
@@ -278,7 +279,7 @@ def bench(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
     r.update(forward_gflops_per_image=fwd / 1e9, gflops_per_image=3 * fwd / 1e9)
     r['peak_tflops'], r['peak_dtype'] = matmul_peak_tflops(dev)
 
-    learn = fast_learner(dls, c=s['width'], opt='sgd', wd=s['wd'], path=path, compile=s['compile'])
+    learn = cifar_learner(dls, c=s['width'], opt='sgd', wd=s['wd'], path=path, compile=s['compile'])
     t = time.perf_counter()
     r['host_syncs_per_batch'] = warm_up(learn, 4 if s['quick'] else 20, count_syncs=cuda)
     r['compile_seconds'] = time.perf_counter() - t

@@ -24,7 +24,10 @@ def rng_states(dls=None) -> dict:
     "Every random state a run draws from"
     s = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
     if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
-    if dls is not None: s['loaders'] = [dl.rng.getstate() for dl in dls.loaders]
+    if dls is not None:
+        s['loaders'] = [dl.rng.getstate() for dl in dls.loaders]
+        gens = [getattr(dl, 'generator', None) for dl in dls.loaders]  # `DeviceDL`'s seeded generator, if any
+        s['generators'] = [g().get_state() if g is not None and g() is not None else None for g in gens]
     return s
 
 def set_rng_states(s:dict, dls=None):
@@ -33,6 +36,8 @@ def set_rng_states(s:dict, dls=None):
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
     if dls is not None and 'loaders' in s:
         for dl, st in zip(dls.loaders, s['loaders']): dl.rng.setstate(st)
+        for dl, st in zip(dls.loaders, s.get('generators', [])):
+            if st is not None: dl.generator().set_state(st)
 
 def save_atomic(obj, path):
     "`torch.save` to a temporary file, flushed to disk, then moved over `path` in one step"
@@ -50,15 +55,19 @@ class Checkpoint(Callback):
     def __init__(self, path): self.path = Path(path)
     def after_epoch(self):
         if not getattr(self.recorder, 'trained_epoch', False): return  # skipped or validation-only
+        ema = getattr(self.learn, 'weight_ema', None)  # a `WeightEMA` in this fit
         save_atomic(dict(epoch=self.epoch + 1, model=self.learn.model.state_dict(), opt=self.learn.opt.state_dict(),
-                         rng=rng_states(self.dls)), self.path/CHECKPOINT)
+                         rng=rng_states(self.dls), ema=None if ema is None else ema.state_dict()), self.path/CHECKPOINT)
 
-def load_checkpoint(learn, path) -> int:
-    "Load `path/checkpoint.pth` into `learn` (creating its optimizer) and restore the random states; returns the finished epochs"
+def load_checkpoint(learn, path, ema=None) -> int:
+    "Load `path/checkpoint.pth` into `learn` (creating its optimizer) and `ema` (a `WeightEMA`), and restore the random states; returns the finished epochs"
     ck = torch.load(Path(path)/CHECKPOINT, map_location='cpu', weights_only=False)
     learn.model.load_state_dict(ck['model'])
     if learn.opt is None: learn.create_opt()
     learn.opt.load_state_dict(ck['opt'])
+    if ema is not None:
+        check(ck.get('ema') is not None, f"--resume: {path} was trained without --ema: give the same flags")
+        ema.load_state_dict(ck['ema'])
     set_rng_states(ck['rng'], learn.dls)
     return ck['epoch']
 

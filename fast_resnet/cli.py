@@ -1,4 +1,4 @@
-"""`fast_resnet train ...`, `fast_resnet predict MODEL IMAGE...` and `fast_resnet bench ...`: subcommands over functions declared with fastcore's `call_parse`.
+"""`fast_resnet train ...`, `fast_resnet predict MODEL IMAGE...`, `fast_resnet bench ...` and `fast_resnet study ...`: subcommands over functions declared with fastcore's `call_parse`.
 
 Docs: https://fast-resnet.github.io/fast_resnet/cli.html.md"""
 
@@ -20,7 +20,7 @@ def train_cmd(data:str=None, # CIFAR-10 folder: train/<class>/*.png + test/, or 
               epochs:str=None, # epochs (default 24; 5 with --quick)
               peak_epoch:str=None, # epoch at which the LR peaks (default 5; 1 with --quick)
               bs:str=None, # batch size (default 512; 128 with --quick)
-              opt:str=None, # optimizer: sgd or adam (default sgd)
+              opt:str=None, # optimizer: sgd (heavy-ball), nesterov (torch SGD, Nesterov momentum) or adam (AdamW) (default sgd)
               lr_min:str=None, # LRMIN; with --lr-max, skips the LR range test
               lr_max:str=None, # LRMAX; with --lr-min, skips the LR range test
               seed:str=None, # random seed (default: random, recorded in config.json)
@@ -31,21 +31,32 @@ def train_cmd(data:str=None, # CIFAR-10 folder: train/<class>/*.png + test/, or 
               n_test:str=None, # use a fixed random subset of this many test images
               wd:str=None, # weight decay (default 5e-4 for sgd, 1e-2 for adam)
               pad_mode:str=None, # padding before the random crop: reflection or zeros (default reflection)
-              lr_find_iters:str=None, # batches in the LR range test (default 100; 40 with --quick)
-              workers:str=None, # data loader worker processes (default: 0 on the CPU, fastai's default on a GPU)
+              lr_find_iters:str=None, # batches in the LR range test (default 100; 50 with --quick)
+              workers:str=None, # processes that decode the images (fast loader), or data loader workers (datablock)
+              loader:str=None, # fast (images decoded once, augmented on the device) or datablock (fastai's per-item DataBlock) (default fast)
+              valid:store_true=False, # score on 5,000 training images held out (the rest train), not on the test set
+              mom:str=None, # momentum: cycle (fastai's 0.95-0.85-0.95) or a fixed value such as 0.9 (default cycle)
+              wd_bn_bias:store_true=False, # apply weight decay to BatchNorm weights and biases too
+              label_smoothing:str=None, # label smoothing of the cross-entropy (default 0)
+              fc_scale:str=None, # multiply the logits by this constant (default 1)
+              bn_mom:str=None, # BatchNorm running-statistics momentum, PyTorch's convention (default 0.1)
+              bn_eps:str=None, # BatchNorm epsilon (default 1e-5)
+              lr_rule:str=None, # how the range test picks LRMIN/LRMAX: divergence, minimum or valley (default divergence)
+              ema:str=None, # decay per batch of an average of the weights that is scored and exported, e.g. 0.99 (default 0: none)
               resume:store_true=False, # continue the run in --out from its last finished epoch (give the same flags)
              ):
     "Train the custom ResNet on CIFAR-10 with the LR range test and one-cycle policy; writes a run folder"
     kw = {k: v for k, v in locals().items() if k != 'resume'}
     s = train_settings(**kw)  # every check runs before fastai is imported: a typo is answered at once
     resolve_device(s['device'])
-    from fast_resnet.data import read_cifar, check_data
+    from fast_resnet.data import read_cifar, check_data, holdout
     if s['data'] is not None or os.environ.get('FAST_RESNET_DATA'):
-        s['data'] = check_data(read_cifar(s['data']), s['n_train'], s['n_test'])
+        data = read_cifar(s['data'])
+        s['data'] = check_data(holdout(data) if s['valid'] else data, s['n_train'], s['n_test'])
     from fast_resnet.learner import train
     if resume: s['seed'] = kw['seed']  # resuming takes the run's seed unless one is given
     learn, m = train(**s, resume=resume)
-    print(f"test accuracy {m['test_acc']:.2%} after {m['epochs']} epochs ({m['train_seconds']:.0f} s of training); "
+    print(f"{m['scored_on']} accuracy {m['test_acc']:.2%} (flip TTA {m['tta_acc']:.2%}) after {m['epochs']} epochs ({m['train_seconds']:.0f} s of training); "
           f"LRMIN {m['lr_min']:.3g}, LRMAX {m['lr_max']:.3g}; run folder {learn.path}")
 
 @call_parse
@@ -58,8 +69,9 @@ def predict_cmd(model:str, # a run folder or its model.pkl
     for f, (cls, conf) in zip(images, predict(learn, images)): print(f"{f}\t{cls}\t{conf:.3f}")
 
 # %% ../nbs/06_cli.ipynb #37f45206
-from .bench import bench_cmd  # imports neither fastai nor torch at module level
-COMMANDS = dict(train=train_cmd, predict=predict_cmd, bench=bench_cmd)
+from .bench import bench_cmd  # these import neither fastai nor torch at module level
+from .study import study_cmd
+COMMANDS = dict(train=train_cmd, predict=predict_cmd, bench=bench_cmd, study=study_cmd)
 
 class _Parser:
     "Make argparse report errors as `FastResnetError` instead of printing its usage and exiting"
@@ -79,6 +91,10 @@ def run_command(argv) -> int:
     check(cmd in COMMANDS, f"unknown command {cmd!r}: use one of {', '.join(COMMANDS)}")
     func = getattr(COMMANDS[cmd], '__wrapped__', COMMANDS[cmd])
     p = anno_parser(func, prog=f'fast_resnet {cmd}')
+    if cmd == 'study':  # every flag of `train` but --seed too, declared once, in `train_cmd`
+        own = {o for a in p._actions for o in a.option_strings} | {'--seed'}
+        for a in anno_parser(train_cmd.__wrapped__)._actions:
+            if not own & set(a.option_strings): p._add_action(a)
     p.error = lambda msg: _Parser.error(f"{msg} (see fast_resnet {cmd} --help)")
     ns = vars(p.parse_args(args))
     for k in ('pdb', 'xtra'): ns.pop(k, None)

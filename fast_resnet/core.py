@@ -13,8 +13,8 @@ from pathlib import Path
 warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'DEVICES', 'PAD_MODES', 'MAX_LR_RATIO', 'DEFAULTS', 'QUICK', 'WD', 'FastResnetError', 'check',
-           'train_settings', 'resolve_device', 'run_folder', 'write_json']
+__all__ = ['OPTIMIZERS', 'DEVICES', 'PAD_MODES', 'LR_RULES', 'LOADERS', 'MAX_LR_RATIO', 'N_VALID', 'DEFAULTS', 'QUICK', 'WD',
+           'FastResnetError', 'check', 'train_settings', 'resolve_device', 'run_folder', 'write_json']
 
 # %% ../nbs/00_core.ipynb #ba64126c
 class FastResnetError(ValueError):
@@ -25,17 +25,22 @@ def check(cond, msg:str):
     if not cond: raise FastResnetError(msg)
 
 # %% ../nbs/00_core.ipynb #5b6d41e8
-OPTIMIZERS = ('sgd', 'adam')
+OPTIMIZERS = ('sgd', 'nesterov', 'adam')
 DEVICES = ('auto', 'cpu', 'cuda', 'mps')
 PAD_MODES = ('reflection', 'zeros')
+LR_RULES = ('divergence', 'minimum', 'valley')
+LOADERS = ('fast', 'datablock')
 MAX_LR_RATIO = 25.  # fastai's default `div`; a lower LRMIN would be annihilation by another name
+N_VALID = 5000  # training images held out by `valid`: a tenth of the training set, half the size of the test set
 
 DEFAULTS = dict(data=None, out=None, epochs=24, peak_epoch=5., bs=512, opt='sgd', lr_min=None, lr_max=None,
                 wd=None, seed=None, device='auto', quick=False, width=64, n_train=None, n_test=None,
-                pad_mode='reflection', lr_find_iters=100, workers=None)
+                pad_mode='reflection', lr_find_iters=100, workers=None, loader='fast', valid=False,
+                mom='cycle', wd_bn_bias=False, label_smoothing=0., fc_scale=1., bn_mom=0.1, bn_eps=1e-5,
+                lr_rule='divergence', ema=0.)
 QUICK = dict(width=16, n_train=5000, n_test=1000, epochs=5, peak_epoch=1., bs=128, lr_find_iters=50)
 # Weight decay per optimizer when none is given: the common CIFAR-10 settings (SGD L2-style 5e-4, AdamW 1e-2).
-WD = dict(sgd=5e-4, adam=1e-2)
+WD = dict(sgd=5e-4, nesterov=5e-4, adam=1e-2)
 
 # %% ../nbs/00_core.ipynb #2387b8d4
 def _num(v, name, kind=float):
@@ -53,6 +58,17 @@ def _num(v, name, kind=float):
         if isinstance(e, FastResnetError): raise
         raise FastResnetError(f"{flag} must be a number, got {v!r}") from None
 
+def _choice(s:dict, k:str, choices):
+    "Lower-case `s[k]` and check that it is one of `choices`"
+    s[k] = str(s[k]).lower()
+    check(s[k] in choices, f"--{k.replace('_', '-')} must be one of {', '.join(choices)}, got {s[k]!r}")
+
+def _in_range(s:dict, k:str, lo:float, hi:float, lo_open=False, hi_open=True):
+    "`s[k]` as a float, checked to lie in the interval from `lo` to `hi` (open where asked)"
+    v = s[k] = _num(s[k], k)
+    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    check(ok, f"--{k.replace('_', '-')} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, got {v:g}")
+
 # %% ../nbs/00_core.ipynb #10b284da
 def train_settings(**kw) -> dict:
     "The complete, checked settings of a training run from the given keyword arguments"
@@ -60,7 +76,7 @@ def train_settings(**kw) -> dict:
     check(not unknown, f"unknown setting(s): {', '.join(sorted(unknown))}")
     given = {k:v for k,v in kw.items() if v is not None}
     s = {**DEFAULTS, **(QUICK if given.get('quick') else {}), **given}
-    s['quick'] = bool(s['quick'])
+    for k in ('quick', 'valid', 'wd_bn_bias'): s[k] = bool(s[k])
     for k in ('epochs', 'bs', 'width', 'lr_find_iters'):
         s[k] = _num(s[k], k, int)
         check(s[k] > 0, f"--{k.replace('_','-')} must be positive, got {s[k]}")
@@ -68,19 +84,26 @@ def train_settings(**kw) -> dict:
         if s[k] is not None: s[k] = _num(s[k], k, int)
     for k in ('n_train', 'n_test'):
         check(s[k] is None or s[k] > 0, f"--{k.replace('_','-')} must be positive, got {s[k]}")
+    check(not s['valid'] or s['n_test'] is None or s['n_test'] <= N_VALID,
+          f"--n-test {s['n_test']} is more than the {N_VALID} images --valid holds out: lower --n-test")
     check(s['workers'] is None or s['workers'] >= 0, f"--workers must be 0 or more, got {s['workers']}")
     check(s['seed'] is None or 0 <= s['seed'] < 2**32, f"--seed must be in 0..2**32-1, got {s['seed']}")
     s['peak_epoch'] = _num(s['peak_epoch'], 'peak_epoch')
     check(0 < s['peak_epoch'] < s['epochs'],
           f"--peak-epoch {s['peak_epoch']:g} must lie inside the run (0 < peak < --epochs {s['epochs']}): lower it or raise --epochs")
-    s['opt'] = str(s['opt']).lower()
-    check(s['opt'] in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {s['opt']!r}")
-    s['device'] = str(s['device']).lower()
-    check(s['device'] in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {s['device']!r}")
-    s['pad_mode'] = str(s['pad_mode']).lower()
-    check(s['pad_mode'] in PAD_MODES, f"--pad-mode must be one of {', '.join(PAD_MODES)}, got {s['pad_mode']!r}")
+    for k, choices in (('opt', OPTIMIZERS), ('device', DEVICES), ('pad_mode', PAD_MODES), ('lr_rule', LR_RULES),
+                       ('loader', LOADERS)): _choice(s, k, choices)
     s['wd'] = WD[s['opt']] if s['wd'] is None else _num(s['wd'], 'wd')
     check(s['wd'] >= 0, f"--wd must be 0 or more, got {s['wd']:g}")
+    if str(s['mom']).lower() == 'cycle': s['mom'] = 'cycle'
+    else:
+        try: _in_range(s, 'mom', 0, 1)
+        except FastResnetError: raise FastResnetError(f"--mom must be 'cycle' or a momentum in [0, 1), got {s['mom']!r}") from None
+    _in_range(s, 'label_smoothing', 0, 1)
+    _in_range(s, 'fc_scale', 0, math.inf, lo_open=True)
+    _in_range(s, 'bn_mom', 0, 1, lo_open=True, hi_open=False)
+    _in_range(s, 'bn_eps', 0, 1, lo_open=True)
+    _in_range(s, 'ema', 0, 1)
     lo, hi = s['lr_min'], s['lr_max']
     check((lo is None) == (hi is None), "give both --lr-min and --lr-max, or neither (to find them with the LR range test)")
     if lo is not None:

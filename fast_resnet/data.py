@@ -14,7 +14,7 @@ from .core import FastResnetError, check
 
 # %% auto #0
 __all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'CLASSES', 'IMG_SIZE', 'find_data', 'CifarData', 'CifarItem', 'cifar_x', 'cifar_y',
-           'read_cifar', 'make_fake_cifar', 'check_images', 'subset', 'check_data', 'default_data']
+           'read_cifar', 'make_fake_cifar', 'check_images', 'subset', 'check_data', 'holdout', 'default_data']
 
 # %% ../nbs/01_data.ipynb #89fac64b
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the train set's published channel statistics (pixels / 255)
@@ -48,7 +48,8 @@ class CifarData:
     train: list = field(repr=False)
     test: list = field(repr=False)
     checked: tuple = field(default=None, repr=False)  # the (n_train, n_test) whose images `check_data` checked
-    def __repr__(self): return f"CifarData({self.layout}: {len(self.train)} train, {len(self.test)} test images, {self.path})"
+    eval_split: str = 'test'  # what `test` holds: the test set, or ('valid') training images held out by `holdout`
+    def __repr__(self): return f"CifarData({self.layout}: {len(self.train)} train, {len(self.test)} {self.eval_split} images, {self.path})"
 
 @dataclass
 class CifarItem:
@@ -167,6 +168,25 @@ def check_data(data:CifarData, n_train=None, n_test=None) -> CifarData:
         check_images(subset(data.train, n_train) + subset(data.test, n_test))
         data.checked = (n_train, n_test)
     return data
+
+# %% ../nbs/01_data.ipynb #4a511d75
+from .core import N_VALID
+
+def holdout(data:CifarData, n:int=None, seed:int=0) -> CifarData:
+    "`data` with a fixed, class-balanced `n` (default: a tenth, at most 5,000) of its training images moved to the split that is scored"
+    check(data.eval_split == 'test', "the data already holds a validation split")
+    if n is None: n = min(N_VALID, len(data.train) // 10)
+    ys = np.array([cifar_y(o) for o in data.train])
+    rng, held = np.random.RandomState(seed), []
+    for c in data.vocab:
+        idx = np.nonzero(ys == c)[0]
+        k = n // len(data.vocab)
+        check(len(idx) > k, f"class {c} has {len(idx)} training images, too few to hold out {k}: use the full CIFAR-10")
+        held.append(rng.permutation(idx)[:k])
+    held = np.sort(np.concatenate(held))
+    keep = np.setdiff1d(np.arange(len(data.train)), held)
+    return CifarData(data.path, data.layout, data.vocab, [data.train[i] for i in keep], [data.train[i] for i in held],
+                     eval_split='valid')
 
 # %% ../nbs/01_data.ipynb #789c0144
 def default_data():

@@ -14,16 +14,18 @@ import torch
 from .core import *
 from .data import *
 from .augment import *
+from .fast_data import fast_dls
 from .custom_resnet import CustomResNet
 from .lr import *
+from .levers import *
 from .checkpoint import *
 from fastai.vision.all import (Learner, Recorder, ProgressCallback, TrainEvalCallback, Callback, CrossEntropyLossFlat,
-                               SGD, Adam, L, noop, set_seed, AMPMode, ChannelsLast, MixedPrecision)
+                               L, noop, set_seed, AMPMode, ChannelsLast, MixedPrecision)
 from fastprogress.fastprogress import format_time
 from fastcore.imports import IN_NOTEBOOK
 
 # %% auto #0
-__all__ = ['HISTORY_COLS', 'DeviceSmoothLoss', 'EpochRecorder', 'BarProgress', 'EpochLine', 'progress_cb', 'opt_func',
+__all__ = ['HISTORY_COLS', 'DeviceSmoothLoss', 'EpochRecorder', 'BarProgress', 'EpochLine', 'progress_cb', 'Compiled',
            'cifar_learner', 'append_csv', 'RunLog', 'prepare_run', 'train', 'export', 'load', 'predict']
 
 # %% ../nbs/04_learner.ipynb #5cbc0c28
@@ -83,6 +85,8 @@ class EpochRecorder(Recorder):
         self.log = L(self.epoch + 1, *row, format_time(secs))
         self.logger(self.log)
         self.iters.append(self.smooth_loss.count)
+    def after_fit(self):
+        if self.losses: self.losses = L(torch.stack([torch.as_tensor(o).float().cpu() for o in self.losses]).tolist())
 
 # %% ../nbs/04_learner.ipynb #219814b3
 class BarProgress(ProgressCallback):
@@ -112,18 +116,28 @@ def progress_cb():
     return BarProgress() if IN_NOTEBOOK or sys.stdout.isatty() else EpochLine()
 
 # %% ../nbs/04_learner.ipynb #ff09b947
-def opt_func(opt:str='sgd'):
-    "The fastai optimizer function for 'sgd' or 'adam'"
-    check(opt in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {opt!r}")
-    return partial(SGD, mom=0.9, decouple_wd=False) if opt == 'sgd' else Adam
+class Compiled(torch.nn.Module):
+    "`torch.compile(module)` called on plain tensors (the compiler does not trace fastai's tensor subclasses)"
+    def __init__(self, module, **kwargs):
+        super().__init__()
+        self.compiled = torch.compile(module, **kwargs)
+    @property
+    def module(self): return self.compiled._orig_mod  # the uncompiled model, for export and state dicts
+    def forward(self, *xs): return self.compiled(*(x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x for x in xs))
 
-def cifar_learner(dls, c:int=64, opt:str='sgd', wd:float=None, path='.', cbs=None):
+def cifar_learner(dls, c:int=64, opt:str='sgd', wd:float=None, path='.', cbs=None, wd_bn_bias:bool=False,
+                  label_smoothing:float=0., fc_scale:float=1., bn_mom:float=0.1, bn_eps:float=1e-5, compile:bool=False):
     "A `Learner` for `CustomResNet(c)` on `dls`, with cross-entropy loss, writing under `path`"
     wd = WD[opt] if wd is None else wd
-    learn = Learner(dls, CustomResNet(c, len(dls.vocab)), loss_func=CrossEntropyLossFlat(), opt_func=opt_func(opt),
-                    wd=wd, path=path, default_cbs=False, cbs=[TrainEvalCallback(), EpochRecorder(), progress_cb()] + L(cbs))
+    model = CustomResNet(c, len(dls.vocab), fc_scale=fc_scale, bn_mom=bn_mom, bn_eps=bn_eps)
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=label_smoothing),
+                    opt_func=opt_func(opt, wd, wd_bn_bias),
+                    wd=None if opt == 'nesterov' else wd,  # nesterov_sgd sets its decay per parameter group itself
+                    wd_bn_bias=wd_bn_bias, path=path, default_cbs=False,
+                    cbs=[TrainEvalCallback(), EpochRecorder(), progress_cb()] + L(cbs))
     learn.add_cb(ChannelsLast())
     if dls.device is not None and torch.device(dls.device).type == 'cuda': learn.add_cb(MixedPrecision(amp_mode=AMPMode.BF16))
+    if compile: learn.model = Compiled(learn.model)
     return learn
 
 # %% ../nbs/04_learner.ipynb #13585bda
@@ -187,13 +201,18 @@ def prepare_run(resume:bool=False, **kw):
     else: s = train_settings(**kw)
     dev = resolve_device(s['device'])
     data = read_cifar(s['data'])  # a `CifarData` that the command line already read and checked is used as it is
-    workers = s['workers'] if s['workers'] is not None else (0 if dev == 'cpu' else None)
+    if s['valid'] and data.eval_split != 'valid': data = holdout(data)
     set_seed(s['seed'], reproducible=dev == 'cpu')
-    dblock_kw = dict(n_train=s['n_train'], n_test=s['n_test'], pad_mode=s['pad_mode'])
-    dls = cifar_dls(data, bs=s['bs'], workers=workers, device=dev, **dblock_kw)
+    dl_kw = dict(bs=s['bs'], n_train=s['n_train'], n_test=s['n_test'], pad_mode=s['pad_mode'], device=dev)
+    if s['loader'] == 'fast': dls = fast_dls(data, workers=s['workers'], seed=s['seed'], **dl_kw)  # workers: decoding
+    else: dls = cifar_dls(data, workers=s['workers'] if s['workers'] is not None else (0 if dev == 'cpu' else None), **dl_kw)
+    check(len(dls.train_ds) >= s['bs'], f"--bs {s['bs']} is more than the {len(dls.train_ds)} training images: lower --bs")
     path = run_folder(s['out'], exist_ok=resume)
-    s.update(out=str(path), data=str(data.path), device_used=dev, n_train_used=len(dls.train_ds), n_test_used=len(dls.valid_ds))
-    return s, cifar_learner(dls, c=s['width'], opt=s['opt'], wd=s['wd'], path=path), data
+    s.update(out=str(path), data=str(data.path), device_used=dev, n_train_used=len(dls.train_ds), n_test_used=len(dls.valid_ds),
+             scored_on=data.eval_split)
+    learn = cifar_learner(dls, c=s['width'], opt=s['opt'], wd=s['wd'], path=path, wd_bn_bias=s['wd_bn_bias'],
+                          label_smoothing=s['label_smoothing'], fc_scale=s['fc_scale'], bn_mom=s['bn_mom'], bn_eps=s['bn_eps'])
+    return s, learn, data
 
 # %% ../nbs/04_learner.ipynb #a613118f
 def train(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fastai's download)
@@ -208,7 +227,8 @@ def train(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
           quick:bool=False, # a small, real run: width 16, 5,000/1,000 images, 5 epochs
           device:str=None, # 'auto' (default), 'cpu', 'cuda' or 'mps'
           resume:bool=False, # continue the run in `out` from its last finished epoch
-          **kwargs): # any other setting of `train_settings`: width, n_train, n_test, wd, pad_mode, lr_find_iters, workers
+          figures:bool=True, # draw the run's figures (the study's runs skip them)
+          **kwargs): # any other setting of `train_settings`: width, n_train, n_test, wd, pad_mode, the levers, ...
     "Train the custom ResNet on CIFAR-10 with the recipe into the run folder `out`; returns `(learn, metrics)`"
     from fast_resnet.interpret import plot_curves, plot_misclassified, plot_confusion, interpret
     s, learn, _ = prepare_run(data=data, out=out, epochs=epochs, peak_epoch=peak_epoch, bs=bs, opt=opt, lr_min=lr_min,
@@ -216,24 +236,27 @@ def train(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
     path, n_iter = learn.path, len(learn.dls.train)
     import matplotlib.pyplot as plt
     import pandas as pd
+    ema = WeightEMA(s['ema']) if s['ema'] else None
     if resume:
-        start = load_checkpoint(learn, path)
+        start = load_checkpoint(learn, path, ema=ema)
         truncate_records(path, start, n_iter)
     else:
         start = 0
-        learn.dls.show_batch(max_n=25, figsize=(7, 7))
-        _savefig(plt.gcf(), path/'batch.png')
+        if figures:
+            learn.dls.show_batch(max_n=25, figsize=(7, 7))
+            _savefig(plt.gcf(), path/'batch.png')
         if s['lr_min'] is None:
-            lo, hi, lrs, losses = find_lr_range(learn, num_it=s['lr_find_iters'])
+            lo, hi, lrs, losses = find_lr_range(learn, num_it=s['lr_find_iters'], rule=s['lr_rule'])
             s.update(lr_min=lo, lr_max=hi, lr_source='lr_find')
-            _savefig(plot_lr_find(lrs, losses, lo, hi), path/'lr_find.png')
+            if figures: _savefig(plot_lr_find(lrs, losses, lo, hi), path/'lr_find.png')
         else: s['lr_source'] = 'given'
         s.update(versions=_versions(), git_commit=_git_commit(), torch_threads=torch.get_num_threads())
         write_json(path/'config.json', s)
-        _savefig(plot_cyclic_lr(s['lr_min'], s['lr_max'], step_size=2 * n_iter, n_cycles=3), path/'cyclic_lr.png')
+        if figures: _savefig(plot_cyclic_lr(s['lr_min'], s['lr_max'], step_size=2 * n_iter, n_cycles=3), path/'cyclic_lr.png')
     stop = StopOnDivergence()
-    learn.fit_one_cycle(s['epochs'], cbs=[RunLog(path, start * n_iter), Checkpoint(path), stop], start_epoch=start,
-                        **one_cycle_kwargs(s['lr_min'], s['lr_max'], s['epochs'], s['peak_epoch']))
+    moms = None if s['mom'] == 'cycle' else (s['mom'],) * 3  # None: fastai's cycled 0.95-0.85-0.95
+    learn.fit_one_cycle(s['epochs'], cbs=[RunLog(path, start * n_iter), Checkpoint(path), stop] + L(ema), start_epoch=start,
+                        moms=moms, **one_cycle_kwargs(s['lr_min'], s['lr_max'], s['epochs'], s['peak_epoch']))
     if stop.diverged:
         d = stop.diverged
         write_json(path/'metrics.json', dict(complete=False, diverged=d, lr_min=s['lr_min'], lr_max=s['lr_max'], epochs=s['epochs']))
@@ -243,17 +266,20 @@ def train(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
     hist = pd.read_csv(path/'history.csv')
     last = hist.iloc[-1]
     train_seconds = float(hist['seconds'].sum())  # the epochs' own times, whether the run was resumed or not
-    lr_sched = pd.read_csv(path/'lr_schedule.csv')['lr'].values
-    _savefig(plot_schedule(lr_sched, s['lr_min'], s['lr_max'], n_iter), path/'one_cycle.png')
-    _savefig(plot_curves(hist), path/'curves.png')
-    interp = interpret(learn)
-    _savefig(plot_misclassified(interp), path/'misclassified.png')
-    _savefig(plot_confusion(interp), path/'confusion.png')
+    probs, targs = flip_tta(learn)
+    tta_acc = float((probs.argmax(1) == targs).float().mean())
+    if figures:
+        lr_sched = pd.read_csv(path/'lr_schedule.csv')['lr'].values
+        _savefig(plot_schedule(lr_sched, s['lr_min'], s['lr_max'], n_iter), path/'one_cycle.png')
+        _savefig(plot_curves(hist), path/'curves.png')
+        interp = interpret(learn)
+        _savefig(plot_misclassified(interp), path/'misclassified.png')
+        _savefig(plot_confusion(interp), path/'confusion.png')
     export(learn, path)
     metrics = dict(test_acc=float(last['test_acc']), test_loss=float(last['test_loss']), train_acc=float(last['train_acc']),
-                   lr_min=s['lr_min'], lr_max=s['lr_max'], epochs=s['epochs'], peak_epoch=s['peak_epoch'],
-                   train_seconds=train_seconds, images_per_second=s['epochs'] * s['n_train_used'] / train_seconds,
-                   device=s['device_used'], seed=s['seed'])
+                   tta_acc=tta_acc, scored_on=s['scored_on'], lr_min=s['lr_min'], lr_max=s['lr_max'], epochs=s['epochs'],
+                   peak_epoch=s['peak_epoch'], train_seconds=train_seconds,
+                   images_per_second=s['epochs'] * s['n_train_used'] / train_seconds, device=s['device_used'], seed=s['seed'])
     write_json(path/'metrics.json', {**metrics, 'complete': True})  # written last: the run is complete
     return learn, metrics
 
