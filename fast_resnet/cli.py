@@ -91,6 +91,7 @@ def run_command(argv) -> int:
     check(cmd in COMMANDS, f"unknown command {cmd!r}: use one of {', '.join(COMMANDS)}")
     func = getattr(COMMANDS[cmd], '__wrapped__', COMMANDS[cmd])
     p = anno_parser(func, prog=f'fast_resnet {cmd}')
+    p.allow_abbrev = False  # else `study --seed 3` would be read as `--seeds 3`
     if cmd == 'study':  # every flag of `train` but --seed too, declared once, in `train_cmd`
         own = {o for a in p._actions for o in a.option_strings} | {'--seed'}
         for a in anno_parser(train_cmd.__wrapped__)._actions:

@@ -127,14 +127,18 @@ def resolve_device(device:str='auto') -> str:
     return device
 
 # %% ../nbs/00_core.ipynb #e6867a5c
-def run_folder(out=None, exist_ok:bool=False) -> Path:
-    "Create and return the run folder `out` (default `runs/<timestamp>`), refusing one that already has files"
+def run_folder(out=None, exist_ok:bool=False, create:bool=True) -> Path:
+    "Create (or with `create=False` only check) and return the run folder `out` (default `runs/<timestamp>`), refusing one that already has files"
     import time
     if out is None: out = Path('runs') / time.strftime('%Y%m%d-%H%M%S')
     out = Path(out).expanduser()
     check(not out.exists() or out.is_dir(), f"--out {out} is a file: name a folder")
     check(exist_ok or not out.exists() or not any(out.iterdir()),
           f"--out {out} already holds files: name a new or empty folder")
+    if not create:  # checked without leaving an empty folder behind, before the slower checks of the data
+        base = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+        check(base.is_dir() and os.access(base, os.W_OK | os.X_OK), f"--out {out} cannot be written ({base} is not a writable folder): choose a writable folder")
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / '.write-test'

@@ -200,6 +200,7 @@ def prepare_run(resume:bool=False, **kw):
         s = resume_settings(stored, train_settings(**kw))
     else: s = train_settings(**kw)
     dev = resolve_device(s['device'])
+    s['out'] = run_folder(s['out'], exist_ok=resume, create=False)  # a bad --out is answered before the data is read
     data = read_cifar(s['data'])  # a `CifarData` that the command line already read and checked is used as it is
     if s['valid'] and data.eval_split != 'valid': data = holdout(data)
     set_seed(s['seed'], reproducible=dev == 'cpu')

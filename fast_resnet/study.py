@@ -12,7 +12,7 @@ from fastcore.script import call_parse, store_true
 from .core import FastResnetError, check, _num, train_settings, run_folder, write_json
 
 # %% auto #0
-__all__ = ['STUDY_FILE', 'summarize', 'study_table', 'study', 'study_cmd']
+__all__ = ['STUDY_FILE', 'LEVERS', 'summarize', 'study_table', 'study', 'ablation_table', 'ablate', 'study_cmd']
 
 # %% ../nbs/09_study.ipynb #26ba5e35
 STUDY_FILE = 'study.json'
@@ -71,6 +71,8 @@ def study(seeds:int=5, # how many runs, with seeds first_seed, first_seed+1, ...
     check(out is not None, "--resume needs --out: the study folder to continue")
     out = Path(out).expanduser()
     stored = _check_resume(out, s, first_seed) if resume else None
+    from fast_resnet.data import read_cifar
+    kwargs['data'] = read_cifar(kwargs.get('data'))  # found (or downloaded) and listed once, before the folder is made
     out = run_folder(out, exist_ok=resume)
     from fast_resnet.learner import train
     from fast_resnet.checkpoint import CHECKPOINT
@@ -97,6 +99,53 @@ def study(seeds:int=5, # how many runs, with seeds first_seed, first_seed+1, ...
         write_json(out/STUDY_FILE, res)
     print(study_table(res), flush=True)
     return res
+
+# %% ../nbs/09_study.ipynb #f32937c7
+LEVERS = {
+    'baseline': {},
+    'nesterov': dict(opt='nesterov'),
+    'momentum 0.9 fixed': dict(mom=0.9),
+    'nesterov, momentum 0.9 fixed': dict(opt='nesterov', mom=0.9),
+    'adam (AdamW)': dict(opt='adam'),
+    'weight decay 1e-3': dict(wd=1e-3),
+    'weight decay on BN and biases': dict(wd_bn_bias=True),
+    'label smoothing 0.2': dict(label_smoothing=0.2),
+    'FC scale 0.125': dict(fc_scale=0.125),
+    'BN momentum 0.2': dict(bn_mom=0.2),
+    'LR rule valley': dict(lr_rule='valley'),
+    'LR rule minimum': dict(lr_rule='minimum'),
+    'zero padding': dict(pad_mode='zeros'),
+    'EMA 0.99': dict(ema=0.99),
+}
+
+def _slug(name:str) -> str: return ''.join(c if c.isalnum() or c == '.' else '-' for c in name.lower()).strip('-')
+
+def ablation_table(rows:list) -> str:
+    "The ablation's rows as a markdown table: mean ± std of the validation accuracy, its change from the first row, TTA"
+    base = rows[0]['mean'] if rows else None
+    out = ['| lever | settings | runs | valid acc (mean ± std) | vs baseline | min | with flip TTA | LRMIN / LRMAX |',
+           '|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        d = '' if r is rows[0] else f"{(r['mean'] - base) * 100:+.2f}"
+        kw = ', '.join(f'{k}={v}' for k, v in r['settings'].items()) or '(defaults)'
+        out.append(f"| {r['lever']} | {kw} | {r['n']} | {r['mean']:.2%} ± {r['std']:.2%} | {d} | {r['min']:.2%} | "
+                   f"{r['tta_mean']:.2%} | {r['lr_min']:.2g} / {r['lr_max']:.2g} |")
+    return '\n'.join(out)
+
+def ablate(levers:dict=None, seeds:int=3, out='runs/ablation', **common) -> list:
+    "Run a `study` on the validation split for each lever of `levers` (default `LEVERS`) changed alone from `common`"
+    levers, out = LEVERS if levers is None else levers, Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, kw in levers.items():
+        folder = out/_slug(name)
+        res = study(seeds, out=folder, resume=(folder/STUDY_FILE).exists(), **{**common, 'valid': True, **kw})
+        rows.append(dict(lever=name, settings=kw, n=len(res['runs']), folder=folder.name,
+                         **{k: res[k] for k in ('mean', 'std', 'min', 'max', 'tta_mean', 'lr_min', 'lr_max')}))
+        write_json(out/'ablation.json', dict(common={k: str(v) for k, v in common.items()}, seeds=seeds, rows=rows))
+        (out/'ablation.md').write_text(ablation_table(rows) + '\n')
+    print(ablation_table(rows), flush=True)
+    return rows
 
 # %% ../nbs/09_study.ipynb #75faf88a
 @call_parse

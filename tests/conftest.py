@@ -1,14 +1,17 @@
-import os, subprocess, sys
+import os, subprocess, sys, tempfile
 from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / 'shared' / 'data' / 'cifar10'
 
+# decoded images are cached here, not in the user's ~/.cache, and shared by the session's runs
+CACHE = tempfile.mkdtemp(prefix='fast_resnet-test-cache-')
+
 def cli(*args, cwd=None, env=None, timeout=900):
     "Run `python -m fast_resnet ARGS` as a user would, and return the completed process"
     e = {k: v for k, v in os.environ.items() if k != 'FAST_RESNET_DATA'}  # tests name their data explicitly
-    e.update(PYTHONUNBUFFERED='1', MPLBACKEND='Agg', **(env or {}))
+    e.update(PYTHONUNBUFFERED='1', MPLBACKEND='Agg', FAST_RESNET_CACHE=CACHE, **(env or {}))
     return subprocess.run([sys.executable, '-m', 'fast_resnet', *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=e, timeout=timeout)
 

@@ -21,7 +21,17 @@ from conftest import cli, assert_bad_input
     (['--lr-min', '0.01'], 'give both --lr-min and --lr-max'),
     (['--lr-max', '0.1'], 'give both --lr-min and --lr-max'),
     (['--lr-min', 'x', '--lr-max', '0.1'], '--lr-min must be a number'),
-    (['--opt', 'rmsprop'], '--opt must be one of sgd, adam'),
+    (['--opt', 'rmsprop'], '--opt must be one of sgd, nesterov, adam'),
+    (['--mom', '1.5'], "--mom must be 'cycle' or a momentum in [0, 1)"),
+    (['--mom', 'fixed'], "--mom must be 'cycle' or a momentum"),
+    (['--ema', '1'], '--ema must be in [0, 1)'),
+    (['--label-smoothing', '-0.1'], '--label-smoothing must be in [0, 1)'),
+    (['--fc-scale', '0'], '--fc-scale must be in (0, inf)'),
+    (['--bn-mom', '2'], '--bn-mom must be in (0, 1]'),
+    (['--bn-eps', 'tiny'], '--bn-eps must be a number'),
+    (['--lr-rule', 'steep'], '--lr-rule must be one of divergence, minimum, valley'),
+    (['--loader', 'ffcv'], '--loader must be one of fast, datablock'),
+    (['--valid', '--n-test', '6000'], '--n-test 6000 is more than the 5000 images --valid holds out'),
     (['--device', 'tpu'], '--device must be one of auto, cpu, cuda, mps'),
     (['--pad-mode', 'wrap'], '--pad-mode must be one of'),
     (['--seed', '-1'], '--seed must be in'),
@@ -110,3 +120,31 @@ def test_predict_not_a_model(tmp_path, fake_data):
     (tmp_path/'model.pkl').write_bytes(b'nonsense')
     img = next((fake_data/'test'/'cat').iterdir())
     assert_bad_input(cli('predict', tmp_path, img), 'is not a model exported by fast_resnet')
+
+# study: its own flags, and every train flag checked the same way, before any run starts
+@pytest.mark.parametrize('args,msg', [
+    (['--seeds', '0'], '--seeds must be 1 or more'),
+    (['--seeds', 'two'], '--seeds must be a number'),
+    (['--first-seed', '-1'], '--first-seed must be in'),
+    (['--seed', '3'], 'unrecognized arguments: --seed 3'),
+    (['--ema', '1.5'], '--ema must be in [0, 1)'),
+    (['--epochs', '0'], '--epochs must be positive'),
+])
+def test_study_bad_settings(args, msg, tmp_path, fake_data):
+    assert_bad_input(cli('study', '--data', fake_data, '--out', tmp_path/'s', *args), msg)
+    assert not (tmp_path/'s').exists()
+
+def test_study_bad_data(tmp_path): assert_bad_input(cli('study', '--data', tmp_path/'nope', '--out', tmp_path/'s'), 'does not exist')
+
+def test_study_resume_nothing(tmp_path, fake_data):
+    assert_bad_input(cli('study', '--data', fake_data, '--resume'), '--resume needs --out')
+    (tmp_path/'s').mkdir()
+    assert_bad_input(cli('study', '--data', fake_data, '--out', tmp_path/'s', '--resume'), 'holds no study to resume')
+
+def test_study_out_not_empty(tmp_path, fake_data):
+    (tmp_path/'s').mkdir(); (tmp_path/'s'/'x').write_text('x')
+    assert_bad_input(cli('study', '--data', fake_data, '--out', tmp_path/'s'), 'already holds files')
+
+def test_study_help():
+    r = cli('study', '--help')
+    assert r.returncode == 0 and '--seeds' in r.stdout and '--first-seed' in r.stdout and '--ema' in r.stdout and '--seed ' not in r.stdout

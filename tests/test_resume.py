@@ -1,9 +1,12 @@
 "Never lose a run: a SIGKILLed run resumes to the same result; divergence and bad --resume are one line."
 import csv, json, os, signal, subprocess, sys, time
 import pytest, torch
-from conftest import ROOT, cli, assert_bad_input
+from conftest import ROOT, CACHE, cli, assert_bad_input
 
 ARGS = ['--epochs', '6', '--peak-epoch', '2', '--bs', '32', '--width', '8', '--lr-min', '0.004', '--lr-max', '0.1', '--seed', '1']
+# the default fast loader; fastai's DataBlock; the levers that carry state of their own (Nesterov's torch optimizer, the EMA)
+VARIANTS = dict(fast=[], datablock=['--loader', 'datablock'],
+                levers=['--opt', 'nesterov', '--mom', '0.9', '--ema', '0.9', '--label-smoothing', '0.1', '--fc-scale', '0.5', '--wd-bn-bias'])
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
@@ -13,25 +16,34 @@ def data(tmp_path_factory):
 def history(run):
     return [{k: v for k, v in r.items() if k != 'seconds'} for r in csv.DictReader(open(run/'history.csv'))]
 
-@pytest.fixture(scope='module')
-def reference(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp('ref') / 'run'
-    r = cli('train', '--data', data, '--out', out, *ARGS)
+def train_ref(data, out, args):
+    r = cli('train', '--data', data, '--out', out, *args)
     assert r.returncode == 0, r.stderr
     return out
 
-def test_same_seed_same_metrics(data, reference, tmp_path):
-    r = cli('train', '--data', data, '--out', tmp_path/'again', *ARGS)
+@pytest.fixture(scope='module')
+def reference(data, tmp_path_factory): return train_ref(data, tmp_path_factory.mktemp('ref') / 'run', ARGS)
+
+@pytest.fixture(scope='module', params=list(VARIANTS))
+def variant(request, data, tmp_path_factory):
+    "`(args, run)`: the arguments of a variant and its uninterrupted run"
+    args = ARGS + VARIANTS[request.param]
+    return args, train_ref(data, tmp_path_factory.mktemp(request.param) / 'run', args)
+
+def test_same_seed_same_metrics(data, variant, tmp_path):
+    args, reference = variant
+    r = cli('train', '--data', data, '--out', tmp_path/'again', *args)
     assert r.returncode == 0, r.stderr
     assert history(tmp_path/'again') == history(reference)
     a, b = (json.loads((p/'metrics.json').read_text()) for p in (reference, tmp_path/'again'))
     assert a['test_acc'] == b['test_acc'] and a['test_loss'] == b['test_loss']
 
-def test_sigkill_then_resume(data, reference, tmp_path):
+def test_sigkill_then_resume(data, variant, tmp_path):
+    args, reference = variant
     out = tmp_path/'killed'
     env = {k: v for k, v in os.environ.items() if k != 'FAST_RESNET_DATA'}
-    p = subprocess.Popen([sys.executable, '-m', 'fast_resnet', 'train', '--data', str(data), '--out', str(out), *ARGS],
-                         cwd=ROOT, env={**env, 'MPLBACKEND': 'Agg'}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, '-m', 'fast_resnet', 'train', '--data', str(data), '--out', str(out), *args],
+                         cwd=ROOT, env={**env, 'MPLBACKEND': 'Agg', 'FAST_RESNET_CACHE': CACHE}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.time()
     while time.time() - t0 < 300:  # kill it once two epochs are recorded
         if (out/'history.csv').exists() and len((out/'history.csv').read_text().splitlines()) >= 3: break
@@ -42,7 +54,7 @@ def test_sigkill_then_resume(data, reference, tmp_path):
     assert not (out/'metrics.json').exists()  # a killed run never looks complete
     done = torch.load(out/'checkpoint.pth', weights_only=False)['epoch']
     assert 1 <= done < 6
-    r = cli('train', '--data', data, '--out', out, '--resume', *ARGS)
+    r = cli('train', '--data', data, '--out', out, '--resume', *args)
     assert r.returncode == 0, r.stderr
     assert history(out) == history(reference)  # each epoch once, with the uninterrupted run's figures
     assert (out/'lr_schedule.csv').read_text() == (reference/'lr_schedule.csv').read_text()
