@@ -223,7 +223,7 @@ def _naive(data, s, dev, path):
     workers = s['workers'] if s['workers'] is not None else (0 if dev == 'cpu' else None)  # as `train` chooses
     dls = cifar_dls(data, bs=s['bs'], n_train=s['n_train'], n_test=s['n_test'], pad_mode=s['pad_mode'], workers=workers,
                     device=dev, check=False)  # the fast path's decoding has checked every image
-    learn = cifar_learner(dls, c=s['width'], opt='sgd', wd=s['wd'], path=path)
+    learn = cifar_learner(dls, c=s['width'], opt='sgd', mom='cycle', fc_scale=1., wd=s['wd'], path=path)
     n = s['naive_batches']
     skip = min(10, max(1, n // 4))  # worker start-up and autotuning stay out of the timing
     timer = _batch_timer()(skip + n, skip=skip)
@@ -279,7 +279,7 @@ def bench(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
     r.update(forward_gflops_per_image=fwd / 1e9, gflops_per_image=3 * fwd / 1e9)
     r['peak_tflops'], r['peak_dtype'] = matmul_peak_tflops(dev)
 
-    learn = cifar_learner(dls, c=s['width'], opt='sgd', wd=s['wd'], path=path, compile=s['compile'])
+    learn = cifar_learner(dls, c=s['width'], opt='sgd', mom='cycle', fc_scale=1., wd=s['wd'], path=path, compile=s['compile'])
     t = time.perf_counter()
     r['host_syncs_per_batch'] = warm_up(learn, 4 if s['quick'] else 20, count_syncs=cuda)
     r['compile_seconds'] = time.perf_counter() - t

@@ -33,10 +33,10 @@ LOADERS = ('fast', 'datablock')
 MAX_LR_RATIO = 25.  # fastai's default `div`; a lower LRMIN would be annihilation by another name
 N_VALID = 5000  # training images held out by `valid`: a tenth of the training set, half the size of the test set
 
-DEFAULTS = dict(data=None, out=None, epochs=24, peak_epoch=5., bs=512, opt='sgd', lr_min=None, lr_max=None,
+DEFAULTS = dict(data=None, out=None, epochs=24, peak_epoch=5., bs=512, opt='nesterov', lr_min=None, lr_max=None,
                 wd=None, seed=None, device='auto', quick=False, width=64, n_train=None, n_test=None,
                 pad_mode='reflection', lr_find_iters=100, workers=None, loader='fast', valid=False,
-                mom='cycle', wd_bn_bias=False, label_smoothing=0., fc_scale=1., bn_mom=0.1, bn_eps=1e-5,
+                mom=0.9, wd_bn_bias=False, label_smoothing=0., fc_scale=0.125, bn_mom=0.1, bn_eps=1e-5,
                 lr_rule='divergence', ema=0.)
 QUICK = dict(width=16, n_train=5000, n_test=1000, epochs=5, peak_epoch=1., bs=128, lr_find_iters=50)
 # Weight decay per optimizer when none is given: the common CIFAR-10 settings (SGD L2-style 5e-4, AdamW 1e-2).

@@ -86,7 +86,8 @@ class EpochRecorder(Recorder):
         self.logger(self.log)
         self.iters.append(self.smooth_loss.count)
     def after_fit(self):
-        if self.losses: self.losses = L(torch.stack([torch.as_tensor(o).float().cpu() for o in self.losses]).tolist())
+        if self.losses and all(isinstance(o, torch.Tensor) for o in self.losses):  # stacked on the device: one copy
+            self.losses = L(torch.stack([o.detach().float() for o in self.losses]).cpu().tolist())
 
 # %% ../nbs/04_learner.ipynb #219814b3
 class BarProgress(ProgressCallback):
@@ -125,14 +126,16 @@ class Compiled(torch.nn.Module):
     def module(self): return self.compiled._orig_mod  # the uncompiled model, for export and state dicts
     def forward(self, *xs): return self.compiled(*(x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x for x in xs))
 
-def cifar_learner(dls, c:int=64, opt:str='sgd', wd:float=None, path='.', cbs=None, wd_bn_bias:bool=False,
-                  label_smoothing:float=0., fc_scale:float=1., bn_mom:float=0.1, bn_eps:float=1e-5, compile:bool=False):
-    "A `Learner` for `CustomResNet(c)` on `dls`, with cross-entropy loss, writing under `path`"
+def cifar_learner(dls, c:int=64, opt:str=DEFAULTS['opt'], wd:float=None, path='.', cbs=None, mom=DEFAULTS['mom'],
+                  wd_bn_bias:bool=False, label_smoothing:float=0., fc_scale:float=DEFAULTS['fc_scale'],
+                  bn_mom:float=0.1, bn_eps:float=1e-5, compile:bool=False):
+    "A `Learner` for `CustomResNet(c)` on `dls`, with cross-entropy loss, writing under `path`; the defaults are `train`'s"
     wd = WD[opt] if wd is None else wd
     model = CustomResNet(c, len(dls.vocab), fc_scale=fc_scale, bn_mom=bn_mom, bn_eps=bn_eps)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=label_smoothing),
                     opt_func=opt_func(opt, wd, wd_bn_bias),
                     wd=None if opt == 'nesterov' else wd,  # nesterov_sgd sets its decay per parameter group itself
+                    moms=(0.95, 0.85, 0.95) if mom == 'cycle' else (mom,) * 3,  # what fit_one_cycle schedules
                     wd_bn_bias=wd_bn_bias, path=path, default_cbs=False,
                     cbs=[TrainEvalCallback(), EpochRecorder(), progress_cb()] + L(cbs))
     learn.add_cb(ChannelsLast())
@@ -211,7 +214,7 @@ def prepare_run(resume:bool=False, **kw):
     path = run_folder(s['out'], exist_ok=resume)
     s.update(out=str(path), data=str(data.path), device_used=dev, n_train_used=len(dls.train_ds), n_test_used=len(dls.valid_ds),
              scored_on=data.eval_split)
-    learn = cifar_learner(dls, c=s['width'], opt=s['opt'], wd=s['wd'], path=path, wd_bn_bias=s['wd_bn_bias'],
+    learn = cifar_learner(dls, c=s['width'], opt=s['opt'], wd=s['wd'], path=path, mom=s['mom'], wd_bn_bias=s['wd_bn_bias'],
                           label_smoothing=s['label_smoothing'], fc_scale=s['fc_scale'], bn_mom=s['bn_mom'], bn_eps=s['bn_eps'])
     return s, learn, data
 
@@ -255,9 +258,8 @@ def train(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
         write_json(path/'config.json', s)
         if figures: _savefig(plot_cyclic_lr(s['lr_min'], s['lr_max'], step_size=2 * n_iter, n_cycles=3), path/'cyclic_lr.png')
     stop = StopOnDivergence()
-    moms = None if s['mom'] == 'cycle' else (s['mom'],) * 3  # None: fastai's cycled 0.95-0.85-0.95
     learn.fit_one_cycle(s['epochs'], cbs=[RunLog(path, start * n_iter), Checkpoint(path), stop] + L(ema), start_epoch=start,
-                        moms=moms, **one_cycle_kwargs(s['lr_min'], s['lr_max'], s['epochs'], s['peak_epoch']))
+                        **one_cycle_kwargs(s['lr_min'], s['lr_max'], s['epochs'], s['peak_epoch']))
     if stop.diverged:
         d = stop.diverged
         write_json(path/'metrics.json', dict(complete=False, diverged=d, lr_min=s['lr_min'], lr_max=s['lr_max'], epochs=s['epochs']))

@@ -103,14 +103,13 @@ def study(seeds:int=5, # how many runs, with seeds first_seed, first_seed+1, ...
 # %% ../nbs/09_study.ipynb #f32937c7
 LEVERS = {
     'baseline': {},
-    'nesterov': dict(opt='nesterov'),
-    'momentum 0.9 fixed': dict(mom=0.9),
-    'nesterov, momentum 0.9 fixed': dict(opt='nesterov', mom=0.9),
+    'heavy-ball SGD (fastai)': dict(opt='sgd'),
+    'cycled momentum': dict(mom='cycle'),
+    'FC scale 1': dict(fc_scale=1.),
     'adam (AdamW)': dict(opt='adam'),
     'weight decay 1e-3': dict(wd=1e-3),
     'weight decay on BN and biases': dict(wd_bn_bias=True),
     'label smoothing 0.2': dict(label_smoothing=0.2),
-    'FC scale 0.125': dict(fc_scale=0.125),
     'BN momentum 0.2': dict(bn_mom=0.2),
     'LR rule valley': dict(lr_rule='valley'),
     'LR rule minimum': dict(lr_rule='minimum'),
@@ -127,7 +126,7 @@ def ablation_table(rows:list) -> str:
            '|---|---|---|---|---|---|---|---|']
     for r in rows:
         d = '' if r is rows[0] else f"{(r['mean'] - base) * 100:+.2f}"
-        kw = ', '.join(f'{k}={v}' for k, v in r['settings'].items()) or '(defaults)'
+        kw = ', '.join(f'{k}={v}' for k, v in r['settings'].items()) or '(baseline)'
         out.append(f"| {r['lever']} | {kw} | {r['n']} | {r['mean']:.2%} ± {r['std']:.2%} | {d} | {r['min']:.2%} | "
                    f"{r['tta_mean']:.2%} | {r['lr_min']:.2g} / {r['lr_max']:.2g} |")
     return '\n'.join(out)

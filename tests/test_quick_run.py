@@ -12,9 +12,11 @@ def test_run_folder(quick_run):
     m = json.loads((out/'metrics.json').read_text())
     assert m['complete'] is True
     assert m['test_acc'] >= 0.35, m  # the bar for the quick run
+    assert m['scored_on'] == 'test' and 0.35 <= m['tta_acc'] <= 1, m  # flip TTA scored too
     assert 'test accuracy' in r.stdout
     cfg = json.loads((out/'config.json').read_text())
     assert cfg['lr_source'] == 'lr_find' and cfg['seed'] == 0 and cfg['width'] == 16 and cfg['epochs'] == 5
+    assert (cfg['loader'], cfg['opt'], cfg['mom'], cfg['fc_scale'], cfg['ema']) == ('fast', 'nesterov', 0.9, 0.125, 0)  # the defaults
     assert 'fastai' in cfg['versions']
 
 def test_history(quick_run):
