@@ -63,4 +63,6 @@ def cifar_dls(data:CifarData, bs:int=512, n_train=None, n_test=None, pad_mode:st
     if check: check_data(data, n_train, n_test)
     dblock, items = cifar_dblock(data, n_train, n_test, pad_mode, cutout)
     kw = {} if workers is None else dict(num_workers=workers)
-    return dblock.dataloaders(items, bs=bs, device=device, seed=seed, **kw)
+    dls = dblock.dataloaders(items, bs=bs, device=device, seed=seed, **kw)
+    check_bs(bs, len(dls.train_ds))
+    return dls

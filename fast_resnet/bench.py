@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib, math, os, platform, time, warnings
 from pathlib import Path
 from fastcore.script import call_parse, store_true
-from .core import FastResnetError, check, _num, DEVICES, PAD_MODES, resolve_device, run_folder, write_json
+from .core import FastResnetError, check, _num, _flag, _choice, DEVICES, PAD_MODES, resolve_device, run_folder, write_json
 
 # %% auto #0
 __all__ = ['BENCH_DEFAULTS', 'BENCH_QUICK', 'PEAK_FRAC', 'bench_settings', 'forward_flops', 'matmul_peak_tflops', 'warm_up',
@@ -21,8 +21,6 @@ BENCH_DEFAULTS = dict(data=None, out=None, epochs=24, quick=False, device='auto'
                       naive_batches=200, plain_epochs=3, seed=0, workers=None, cache_dir=None)
 BENCH_QUICK = dict(width=16, bs=128, n_train=512, n_test=256, epochs=1, naive_batches=4, plain_epochs=1, lr_max=0.1)
 PEAK_FRAC = 5 / 24  # the recipe's LR peak: epoch 5 of 24
-
-def _flag(k): return '--' + k.replace('_', '-')
 
 def bench_settings(**kw) -> dict:
     "The complete, checked settings of a benchmark from the given keyword arguments"
@@ -40,11 +38,9 @@ def bench_settings(**kw) -> dict:
     for k in ('naive_batches', 'plain_epochs', 'workers'):
         check(s[k] is None or s[k] >= 0, f"{_flag(k)} must be 0 or more, got {s[k]}")
     check(0 <= s['seed'] < 2**32, f"--seed must be in 0..2**32-1, got {s['seed']}")
-    s['device'] = str(s['device']).lower()
-    check(s['device'] in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {s['device']!r}")
+    _choice(s, 'device', DEVICES)
     if s['quick'] and s['device'] == 'auto': s['device'] = 'cpu'  # quick means the CPU unless a device is named
-    s['pad_mode'] = str(s['pad_mode']).lower()
-    check(s['pad_mode'] in PAD_MODES, f"--pad-mode must be one of {', '.join(PAD_MODES)}, got {s['pad_mode']!r}")
+    _choice(s, 'pad_mode', PAD_MODES)
     for k in ('lr_max', 'wd'): s[k] = _num(s[k], k)
     check(s['lr_max'] > 0, f"--lr-max must be positive, got {s['lr_max']:g}")
     check(s['wd'] >= 0, f"--wd must be 0 or more, got {s['wd']:g}")

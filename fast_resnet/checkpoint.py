@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastai.vision.all import Callback, CancelFitException
-from .core import FastResnetError, check, DEFAULTS
+from .core import FastResnetError, check, DEFAULTS, settings_diffs
 
 # %% auto #0
 __all__ = ['CHECKPOINT', 'rng_states', 'set_rng_states', 'save_atomic', 'Checkpoint', 'load_checkpoint', 'TrainingDiverged',
@@ -26,8 +26,8 @@ def rng_states(dls=None) -> dict:
     if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
     if dls is not None:
         s['loaders'] = [dl.rng.getstate() for dl in dls.loaders]
-        gens = [getattr(dl, 'generator', None) for dl in dls.loaders]  # `DeviceDL`'s seeded generator, if any
-        s['generators'] = [g().get_state() if g is not None and g() is not None else None for g in gens]
+        gens = [getattr(dl, 'generator', lambda: None)() for dl in dls.loaders]  # `DeviceDL`'s seeded generator, if any
+        s['generators'] = [None if g is None else g.get_state() for g in gens]
     return s
 
 def set_rng_states(s:dict, dls=None):
@@ -100,8 +100,7 @@ def resume_settings(stored:dict, given:dict) -> dict:
     s = dict(given)
     if stored.get('lr_source') == 'lr_find' and given.get('lr_min') is None:
         s['lr_min'], s['lr_max'] = stored['lr_min'], stored['lr_max']
-    diffs = [f"{k} {stored.get(k)!r} there, {s.get(k)!r} here" for k in DEFAULTS
-             if k not in _NOT_COMPARED and stored.get(k) != s.get(k)]
+    diffs = settings_diffs(stored, s, skip=_NOT_COMPARED)
     check(not diffs, f"--resume: {stored['out']} was made with other settings ({'; '.join(diffs)}): "
                      "give the same flags, or start a new --out")
     return s

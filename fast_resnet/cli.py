@@ -6,9 +6,9 @@ Docs: https://fast-resnet.github.io/fast_resnet/cli.html.md"""
 
 # %% ../nbs/06_cli.ipynb #0336211e
 from __future__ import annotations
-import os, sys
+import sys
 from fastcore.script import call_parse, anno_parser, store_true
-from .core import FastResnetError, check, train_settings, resolve_device
+from .core import FastResnetError, check
 
 # %% auto #0
 __all__ = ['COMMANDS', 'train_cmd', 'predict_cmd', 'run_command', 'main']
@@ -47,12 +47,8 @@ def train_cmd(data:str=None, # CIFAR-10 folder: train/<class>/*.png + test/, or 
              ):
     "Train the custom ResNet on CIFAR-10 with the LR range test and one-cycle policy; writes a run folder"
     kw = {k: v for k, v in locals().items() if k != 'resume'}
-    s = train_settings(**kw)  # every check runs before fastai is imported: a typo is answered at once
-    resolve_device(s['device'])
-    from fast_resnet.data import read_cifar, check_data, holdout
-    if s['data'] is not None or os.environ.get('FAST_RESNET_DATA'):
-        data = read_cifar(s['data'])
-        s['data'] = check_data(holdout(data) if s['valid'] else data, s['n_train'], s['n_test'])
+    from fast_resnet.data import check_run
+    s = check_run(**kw)  # every check runs before fastai is imported: a typo is answered at once
     from fast_resnet.learner import train
     if resume: s['seed'] = kw['seed']  # resuming takes the run's seed unless one is given
     learn, m = train(**s, resume=resume)

@@ -14,7 +14,7 @@ warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*', category=Fu
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'DEVICES', 'PAD_MODES', 'LR_RULES', 'LOADERS', 'MAX_LR_RATIO', 'N_VALID', 'DEFAULTS', 'QUICK', 'WD',
-           'FastResnetError', 'check', 'train_settings', 'resolve_device', 'run_folder', 'write_json']
+           'FastResnetError', 'check', 'train_settings', 'settings_diffs', 'resolve_device', 'run_folder', 'write_json']
 
 # %% ../nbs/00_core.ipynb #ba64126c
 class FastResnetError(ValueError):
@@ -43,9 +43,11 @@ QUICK = dict(width=16, n_train=5000, n_test=1000, epochs=5, peak_epoch=1., bs=12
 WD = dict(sgd=5e-4, nesterov=5e-4, adam=1e-2)
 
 # %% ../nbs/00_core.ipynb #2387b8d4
+def _flag(k:str) -> str: return '--' + k.replace('_', '-')  # the command-line flag of setting `k`
+
 def _num(v, name, kind=float):
     "`v` as a number of type `kind`, or a `FastResnetError` naming the flag"
-    flag = '--' + name.replace('_', '-')
+    flag = _flag(name)
     if isinstance(v, bool): v = str(v)
     try:
         f = float(v)
@@ -61,13 +63,13 @@ def _num(v, name, kind=float):
 def _choice(s:dict, k:str, choices):
     "Lower-case `s[k]` and check that it is one of `choices`"
     s[k] = str(s[k]).lower()
-    check(s[k] in choices, f"--{k.replace('_', '-')} must be one of {', '.join(choices)}, got {s[k]!r}")
+    check(s[k] in choices, f"{_flag(k)} must be one of {', '.join(choices)}, got {s[k]!r}")
 
 def _in_range(s:dict, k:str, lo:float, hi:float, lo_open=False, hi_open=True):
     "`s[k]` as a float, checked to lie in the interval from `lo` to `hi` (open where asked)"
     v = s[k] = _num(s[k], k)
     ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    check(ok, f"--{k.replace('_', '-')} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, got {v:g}")
+    check(ok, f"{_flag(k)} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, got {v:g}")
 
 # %% ../nbs/00_core.ipynb #10b284da
 def train_settings(**kw) -> dict:
@@ -79,11 +81,11 @@ def train_settings(**kw) -> dict:
     for k in ('quick', 'valid', 'wd_bn_bias'): s[k] = bool(s[k])
     for k in ('epochs', 'bs', 'width', 'lr_find_iters'):
         s[k] = _num(s[k], k, int)
-        check(s[k] > 0, f"--{k.replace('_','-')} must be positive, got {s[k]}")
+        check(s[k] > 0, f"{_flag(k)} must be positive, got {s[k]}")
     for k in ('n_train', 'n_test', 'workers', 'seed'):
         if s[k] is not None: s[k] = _num(s[k], k, int)
     for k in ('n_train', 'n_test'):
-        check(s[k] is None or s[k] > 0, f"--{k.replace('_','-')} must be positive, got {s[k]}")
+        check(s[k] is None or s[k] > 0, f"{_flag(k)} must be positive, got {s[k]}")
     check(not s['valid'] or s['n_test'] is None or s['n_test'] <= N_VALID,
           f"--n-test {s['n_test']} is more than the {N_VALID} images --valid holds out: lower --n-test")
     check(s['workers'] is None or s['workers'] >= 0, f"--workers must be 0 or more, got {s['workers']}")
@@ -114,6 +116,12 @@ def train_settings(**kw) -> dict:
               f"--lr-max/--lr-min is {hi/lo:.3g}; the recipe allows at most {MAX_LR_RATIO:g} (a lower LRMIN is annihilation): raise --lr-min")
     if s['seed'] is None: s['seed'] = random.SystemRandom().randrange(2**31)  # recorded in config.json
     return s
+
+# %% ../nbs/00_core.ipynb #b7fe80ab
+def settings_diffs(stored:dict, given:dict, skip=()) -> list:
+    "Each setting of `DEFAULTS` (but those in `skip`) that differs between `stored` and `given`, as 'k X there, Y here'"
+    return [f"{k} {stored.get(k)!r} there, {given.get(k)!r} here" for k in DEFAULTS
+            if k not in skip and stored.get(k) != given.get(k)]
 
 # %% ../nbs/00_core.ipynb #cfa2709e
 def resolve_device(device:str='auto') -> str:

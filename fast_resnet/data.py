@@ -10,11 +10,12 @@ import os, pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-from .core import FastResnetError, check
+from .core import FastResnetError, check, train_settings, resolve_device
 
 # %% auto #0
 __all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'CLASSES', 'IMG_SIZE', 'find_data', 'CifarData', 'CifarItem', 'cifar_x', 'cifar_y',
-           'read_cifar', 'make_fake_cifar', 'check_images', 'subset', 'check_data', 'holdout', 'default_data']
+           'read_cifar', 'make_fake_cifar', 'check_images', 'subset', 'check_data', 'holdout', 'run_data', 'check_run',
+           'check_bs', 'default_data']
 
 # %% ../nbs/01_data.ipynb #89fac64b
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the train set's published channel statistics (pixels / 255)
@@ -187,6 +188,24 @@ def holdout(data:CifarData, n:int=None, seed:int=0) -> CifarData:
     keep = np.setdiff1d(np.arange(len(data.train)), held)
     return CifarData(data.path, data.layout, data.vocab, [data.train[i] for i in keep], [data.train[i] for i in held],
                      eval_split='valid')
+
+# %% ../nbs/01_data.ipynb #3ee783ca
+def run_data(data=None, valid:bool=False) -> CifarData:
+    "The data a run reads: `read_cifar(data)`, with the validation split held out when `valid`"
+    data = read_cifar(data)
+    return holdout(data) if valid and data.eval_split != 'valid' else data
+
+def check_run(**kw) -> dict:
+    "`train_settings(**kw)` with the device and (unless it will be downloaded) every image the run reads checked"
+    s = train_settings(**kw)
+    resolve_device(s['device'])
+    if s['data'] is not None or os.environ.get('FAST_RESNET_DATA'):
+        s['data'] = check_data(run_data(s['data'], s['valid']), s['n_train'], s['n_test'])
+    return s
+
+def check_bs(bs:int, n:int):
+    "Refuse a batch size `bs` larger than the `n` training images (the last partial batch is dropped, so no batch would run)"
+    check(n >= bs, f"--bs {bs} is more than the {n} training images: lower --bs")
 
 # %% ../nbs/01_data.ipynb #789c0144
 def default_data():

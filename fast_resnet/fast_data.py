@@ -13,7 +13,7 @@ from types import MethodType
 import numpy as np
 import torch
 from fastai.vision.all import (TfmdDL, DataLoaders, Transform, TensorImage, TensorCategory, IntToFloatTensor, Normalize,
-                               ToTensor, Callback, L, default_device, store_attr)
+                               ToTensor, default_device, store_attr)
 from .core import FastResnetError, check, PAD_MODES
 from .data import *
 from .augment import *
@@ -209,8 +209,7 @@ def fast_dls(data:CifarData, bs:int=512, n_train=None, n_test=None, pad_mode:str
     from fast_resnet.core import check as _check
     _check(pad_mode in PAD_MODES, f"--pad-mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
     dec = decode_cifar(data, n_train, n_test, cache_dir=cache_dir, workers=workers)
-    n = len(dec['train_x'])
-    _check(n >= bs, f"--bs {bs} is more than the {n} training images: lower --bs")
+    check_bs(bs, len(dec['train_x']))
     dblock, items = cifar_dblock(data, n_train, n_test, pad_mode, cutout)
     dsets = dblock.datasets(items)
     device = torch.device(default_device() if device is None else device)

@@ -204,13 +204,11 @@ def prepare_run(resume:bool=False, **kw):
     else: s = train_settings(**kw)
     dev = resolve_device(s['device'])
     s['out'] = run_folder(s['out'], exist_ok=resume, create=False)  # a bad --out is answered before the data is read
-    data = read_cifar(s['data'])  # a `CifarData` that the command line already read and checked is used as it is
-    if s['valid'] and data.eval_split != 'valid': data = holdout(data)
+    data = run_data(s['data'], s['valid'])  # a `CifarData` that the command line already read and checked is used as it is
     set_seed(s['seed'], reproducible=dev == 'cpu')
     dl_kw = dict(bs=s['bs'], n_train=s['n_train'], n_test=s['n_test'], pad_mode=s['pad_mode'], device=dev)
     if s['loader'] == 'fast': dls = fast_dls(data, workers=s['workers'], seed=s['seed'], **dl_kw)  # workers: decoding
     else: dls = cifar_dls(data, workers=s['workers'] if s['workers'] is not None else (0 if dev == 'cpu' else None), **dl_kw)
-    check(len(dls.train_ds) >= s['bs'], f"--bs {s['bs']} is more than the {len(dls.train_ds)} training images: lower --bs")
     path = run_folder(s['out'], exist_ok=resume)
     s.update(out=str(path), data=str(data.path), device_used=dev, n_train_used=len(dls.train_ds), n_test_used=len(dls.valid_ds),
              scored_on=data.eval_split)

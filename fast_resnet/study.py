@@ -6,17 +6,17 @@ Docs: https://fast-resnet.github.io/fast_resnet/study.html.md"""
 
 # %% ../nbs/09_study.ipynb #d611b985
 from __future__ import annotations
-import json, os, shutil, statistics, time
+import json, shutil, statistics, time
 from pathlib import Path
 from fastcore.script import call_parse, store_true
-from .core import FastResnetError, check, _num, train_settings, run_folder, write_json
+from .core import FastResnetError, check, _num, train_settings, settings_diffs, run_folder, write_json
 
 # %% auto #0
 __all__ = ['STUDY_FILE', 'LEVERS', 'summarize', 'study_table', 'study', 'ablation_table', 'ablate', 'study_cmd']
 
 # %% ../nbs/09_study.ipynb #26ba5e35
 STUDY_FILE = 'study.json'
-_WHERE = ('data', 'out', 'device', 'workers')  # where a study runs, not what it trains
+_WHERE = ('data', 'out', 'device', 'workers', 'seed')  # where a study runs, not what it trains (each run has its seed)
 
 def summarize(runs:list, key:str='test_acc') -> dict:
     "Mean, sample standard deviation, min and max of `key` over `runs`"
@@ -48,8 +48,7 @@ def _check_resume(out:Path, s:dict, first_seed:int):
     f = out/STUDY_FILE
     check(f.exists(), f"--resume: {out} holds no study to resume (no {STUDY_FILE}): start it without --resume")
     stored = json.loads(f.read_text())
-    diffs = [f"{k} {stored['settings'].get(k)!r} there, {s.get(k)!r} here" for k in s
-             if k not in _WHERE and k != 'seed' and stored['settings'].get(k) != s.get(k)]
+    diffs = settings_diffs(stored['settings'], s, skip=_WHERE)
     if stored['first_seed'] != first_seed: diffs.append(f"first_seed {stored['first_seed']} there, {first_seed} here")
     check(not diffs, f"--resume: {out} was made with other settings ({'; '.join(diffs)}): give the same flags, or start a new --out")
     return stored
@@ -71,8 +70,8 @@ def study(seeds:int=5, # how many runs, with seeds first_seed, first_seed+1, ...
     check(out is not None, "--resume needs --out: the study folder to continue")
     out = Path(out).expanduser()
     stored = _check_resume(out, s, first_seed) if resume else None
-    from fast_resnet.data import read_cifar
-    kwargs['data'] = read_cifar(kwargs.get('data'))  # found (or downloaded) and listed once, before the folder is made
+    from fast_resnet.data import run_data
+    kwargs['data'] = run_data(kwargs.get('data'), s['valid'])  # found (or downloaded), listed and split once, before the folder is made
     out = run_folder(out, exist_ok=resume)
     from fast_resnet.learner import train
     from fast_resnet.checkpoint import CHECKPOINT
@@ -94,8 +93,8 @@ def study(seeds:int=5, # how many runs, with seeds first_seed, first_seed+1, ...
             _, m = train(**{**kwargs, **lrs}, out=run, seed=seed, resume=again, figures=i == 0)
         if res['lr_min'] is None: res.update(lr_min=m['lr_min'], lr_max=m['lr_max'], lr_source=f'lr_find in seed-{seed}')
         res['runs'].append(dict(seed=seed, test_acc=m['test_acc'], tta_acc=m['tta_acc'], train_seconds=m['train_seconds']))
-        res.update(summarize(res['runs']), tta_mean=summarize(res['runs'], 'tta_acc')['mean'],
-                   tta_std=summarize(res['runs'], 'tta_acc')['std'], complete=len(res['runs']) == seeds)
+        tta = summarize(res['runs'], 'tta_acc')
+        res.update(summarize(res['runs']), tta_mean=tta['mean'], tta_std=tta['std'], complete=len(res['runs']) == seeds)
         write_json(out/STUDY_FILE, res)
     print(study_table(res), flush=True)
     return res
@@ -153,11 +152,6 @@ def study_cmd(seeds:str='5', # how many runs (seeds --first-seed, --first-seed +
               resume:store_true=False, # go on with the study in --out: finish stopped runs, add missing ones
               **train_flags): # every flag of `fast_resnet train` but --seed
     "Train several seeds of the same settings (the LR range test runs once) and write study.json: mean, std, min, max"
-    s = train_settings(**{k: v for k, v in train_flags.items() if k != 'seed'})  # checked before fastai is imported
-    from fast_resnet.core import resolve_device
-    resolve_device(s['device'])
-    from fast_resnet.data import read_cifar, check_data, holdout
-    if s['data'] is not None or os.environ.get('FAST_RESNET_DATA'):
-        data = read_cifar(s['data'])
-        train_flags['data'] = check_data(holdout(data) if s['valid'] else data, s['n_train'], s['n_test'])
+    from fast_resnet.data import check_run
+    train_flags['data'] = check_run(**{k: v for k, v in train_flags.items() if k != 'seed'})['data']  # before fastai is imported
     study(seeds, first_seed, resume=resume, **train_flags)
