@@ -257,7 +257,9 @@ def bench(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
     from fast_resnet.data import read_cifar
     from fast_resnet.custom_resnet import CustomResNet
     from fast_resnet.fast_data import fast_dls
-    from fast_resnet.learner import cifar_learner, export, _versions
+    from fast_resnet.learner import cifar_learner
+    from fast_resnet.inference import export
+    from fast_resnet.run import _versions
     from fast_resnet.lr import one_cycle_kwargs
     data = read_cifar(s['data'])
     path = run_folder(s['out'] or Path('runs') / time.strftime('bench-%Y%m%d-%H%M%S'))

@@ -1,4 +1,4 @@
-"""The fastai `Learner` for the custom ResNet, the per-epoch record of a run, and `train`: one call from data folder to a complete run folder.
+"""The fastai `Learner` for the custom ResNet, and the per-epoch record and progress display of its fits.
 
 Docs: https://fast-resnet.github.io/fast_resnet/learner.html.md"""
 
@@ -6,27 +6,21 @@ Docs: https://fast-resnet.github.io/fast_resnet/learner.html.md"""
 
 # %% ../nbs/04_learner.ipynb #75f1c911
 from __future__ import annotations
-import csv, json, platform, subprocess, sys, time, warnings
-from functools import partial
+import sys, time
 from pathlib import Path
-import numpy as np
 import torch
 from .core import *
 from .data import *
 from .augment import *
-from .fast_data import fast_dls
 from .custom_resnet import CustomResNet
-from .lr import *
 from .levers import *
-from .checkpoint import *
 from fastai.vision.all import (Learner, Recorder, ProgressCallback, TrainEvalCallback, Callback, CrossEntropyLossFlat,
-                               L, noop, set_seed, AMPMode, ChannelsLast, MixedPrecision)
+                               L, noop, AMPMode, ChannelsLast, MixedPrecision)
 from fastprogress.fastprogress import format_time
 from fastcore.imports import IN_NOTEBOOK
 
 # %% auto #0
-__all__ = ['HISTORY_COLS', 'DeviceSmoothLoss', 'EpochRecorder', 'BarProgress', 'EpochLine', 'progress_cb', 'Compiled',
-           'cifar_learner', 'append_csv', 'RunLog', 'prepare_run', 'train', 'export', 'load', 'predict']
+__all__ = ['DeviceSmoothLoss', 'EpochRecorder', 'BarProgress', 'EpochLine', 'progress_cb', 'Compiled', 'cifar_learner']
 
 # %% ../nbs/04_learner.ipynb #5cbc0c28
 class DeviceSmoothLoss:
@@ -142,188 +136,3 @@ def cifar_learner(dls, c:int=64, opt:str=DEFAULTS['opt'], wd:float=None, path='.
     if dls.device is not None and torch.device(dls.device).type == 'cuda': learn.add_cb(MixedPrecision(amp_mode=AMPMode.BF16))
     if compile: learn.model = Compiled(learn.model)
     return learn
-
-# %% ../nbs/04_learner.ipynb #13585bda
-HISTORY_COLS = ('epoch', 'lr', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds')
-
-def append_csv(path, cols, rows):
-    "Append `rows` (dicts) to the CSV at `path`, writing the header `cols` first if the file is new"
-    path = Path(path)
-    new = not path.exists()
-    with open(path, 'a', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        if new: w.writeheader()
-        w.writerows(rows)
-
-class RunLog(Callback):
-    "Append every finished epoch to `history.csv` and its batches' LRs to `lr_schedule.csv` in `path`"
-    order = 55  # after the recorder has built the epoch's row
-    def __init__(self, path, start_iter:int=0): self.path, self.start_iter = Path(path), start_iter
-    def before_fit(self): self.n_lrs, self.it = len(self.recorder.lrs), self.start_iter
-    def after_epoch(self):
-        if not getattr(self.recorder, 'trained_epoch', False): return
-        append_csv(self.path/'history.csv', HISTORY_COLS, [self.recorder.rows[-1]])
-        lrs = self.recorder.lrs[self.n_lrs:]
-        append_csv(self.path/'lr_schedule.csv', ('iteration', 'lr'), [dict(iteration=self.it + i, lr=lr) for i, lr in enumerate(lrs)])
-        self.n_lrs, self.it = self.n_lrs + len(lrs), self.it + len(lrs)
-
-# %% ../nbs/04_learner.ipynb #9c00946f
-def _versions():
-    import fastai, fastcore, torchvision
-    return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                fastai=fastai.__version__, fastcore=fastcore.__version__, fast_resnet=_pkg_version())
-
-def _pkg_version():
-    import fast_resnet
-    return fast_resnet.__version__
-
-def _git_commit():
-    try:
-        r = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=5,
-                           cwd=Path(__file__).resolve().parent)
-        return r.stdout.strip() or None
-    except Exception: return None
-
-def _savefig(fig, path):
-    import matplotlib.pyplot as plt
-    fig.savefig(path, dpi=110, bbox_inches='tight')
-    plt.close(fig)
-
-# %% ../nbs/04_learner.ipynb #868801f3
-def prepare_run(resume:bool=False, **kw):
-    "Check the settings and the data, create (or, with `resume`, reopen) the run folder and build the learner: `(settings, learn, data)`"
-    if resume:
-        out = kw.get('out')
-        check(out is not None, "--resume needs --out: the run folder to continue")
-        check((Path(out)/'config.json').exists(), f"--resume: {out} holds no run to resume (no config.json): start it without --resume")
-        check((Path(out)/CHECKPOINT).exists(),
-              f"--resume: {out} has no finished epoch to resume from (no {CHECKPOINT}): start again in a new --out")
-        stored = json.loads((Path(out)/'config.json').read_text())
-        if kw.get('seed') is None: kw['seed'] = stored['seed']
-        s = resume_settings(stored, train_settings(**kw))
-    else: s = train_settings(**kw)
-    dev = resolve_device(s['device'])
-    s['out'] = run_folder(s['out'], exist_ok=resume, create=False)  # a bad --out is answered before the data is read
-    data = run_data(s['data'], s['valid'])  # a `CifarData` that the command line already read and checked is used as it is
-    set_seed(s['seed'], reproducible=dev == 'cpu')
-    dl_kw = dict(bs=s['bs'], n_train=s['n_train'], n_test=s['n_test'], pad_mode=s['pad_mode'], device=dev)
-    if s['loader'] == 'fast': dls = fast_dls(data, workers=s['workers'], seed=s['seed'], **dl_kw)  # workers: decoding
-    else: dls = cifar_dls(data, workers=s['workers'] if s['workers'] is not None else (0 if dev == 'cpu' else None), **dl_kw)
-    path = run_folder(s['out'], exist_ok=resume)
-    s.update(out=str(path), data=str(data.path), device_used=dev, n_train_used=len(dls.train_ds), n_test_used=len(dls.valid_ds),
-             scored_on=data.eval_split)
-    learn = cifar_learner(dls, c=s['width'], opt=s['opt'], wd=s['wd'], path=path, mom=s['mom'], wd_bn_bias=s['wd_bn_bias'],
-                          label_smoothing=s['label_smoothing'], fc_scale=s['fc_scale'], bn_mom=s['bn_mom'], bn_eps=s['bn_eps'])
-    return s, learn, data
-
-# %% ../nbs/04_learner.ipynb #a613118f
-def train(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fastai's download)
-          out=None, # run folder to create (default: runs/<timestamp>)
-          epochs:int=None, # 24 (5 with `quick`)
-          peak_epoch:float=None, # epoch at which the LR peaks: 5 (1 with `quick`)
-          bs:int=None, # batch size: 512 (128 with `quick`)
-          opt:str=None, # 'sgd' (default) or 'adam'
-          lr_min:float=None, # LRMIN; give both or neither (then the LR range test finds them)
-          lr_max:float=None, # LRMAX
-          seed:int=None, # random seed (default: a random one, recorded in config.json)
-          quick:bool=False, # a small, real run: width 16, 5,000/1,000 images, 5 epochs
-          device:str=None, # 'auto' (default), 'cpu', 'cuda' or 'mps'
-          resume:bool=False, # continue the run in `out` from its last finished epoch
-          figures:bool=True, # draw the run's figures (the study's runs skip them)
-          **kwargs): # any other setting of `train_settings`: width, n_train, n_test, wd, pad_mode, the levers, ...
-    "Train the custom ResNet on CIFAR-10 with the recipe into the run folder `out`; returns `(learn, metrics)`"
-    from fast_resnet.interpret import plot_curves, plot_misclassified, plot_confusion, interpret
-    s, learn, _ = prepare_run(data=data, out=out, epochs=epochs, peak_epoch=peak_epoch, bs=bs, opt=opt, lr_min=lr_min,
-                              lr_max=lr_max, seed=seed, quick=quick, device=device, resume=resume, **kwargs)
-    path, n_iter = learn.path, len(learn.dls.train)
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    ema = WeightEMA(s['ema']) if s['ema'] else None
-    if resume:
-        start = load_checkpoint(learn, path, ema=ema)
-        truncate_records(path, start, n_iter)
-    else:
-        start = 0
-        if figures:
-            learn.dls.show_batch(max_n=25, figsize=(7, 7))
-            _savefig(plt.gcf(), path/'batch.png')
-        if s['lr_min'] is None:
-            lo, hi, lrs, losses = find_lr_range(learn, num_it=s['lr_find_iters'], rule=s['lr_rule'])
-            s.update(lr_min=lo, lr_max=hi, lr_source='lr_find')
-            if figures: _savefig(plot_lr_find(lrs, losses, lo, hi), path/'lr_find.png')
-        else: s['lr_source'] = 'given'
-        s.update(versions=_versions(), git_commit=_git_commit(), torch_threads=torch.get_num_threads())
-        write_json(path/'config.json', s)
-        if figures: _savefig(plot_cyclic_lr(s['lr_min'], s['lr_max'], step_size=2 * n_iter, n_cycles=3), path/'cyclic_lr.png')
-    stop = StopOnDivergence()
-    learn.fit_one_cycle(s['epochs'], cbs=[RunLog(path, start * n_iter), Checkpoint(path), stop] + L(ema), start_epoch=start,
-                        **one_cycle_kwargs(s['lr_min'], s['lr_max'], s['epochs'], s['peak_epoch']))
-    if stop.diverged:
-        d = stop.diverged
-        write_json(path/'metrics.json', dict(complete=False, diverged=d, lr_min=s['lr_min'], lr_max=s['lr_max'], epochs=s['epochs']))
-        raise TrainingDiverged(f"training diverged in epoch {d['epoch']} (the loss became NaN or infinite at LR {d['lr']:.3g}): "
-                               f"LRMAX {s['lr_max']:.3g} is likely too high; lower --lr-max and --lr-min, or let the range "
-                               f"test find them; " + (f"the checkpoint of epoch {d['epoch'] - 1} stays in {path}" if d['epoch'] > 1 else "no epoch finished"))
-    hist = pd.read_csv(path/'history.csv')
-    last = hist.iloc[-1]
-    train_seconds = float(hist['seconds'].sum())  # the epochs' own times, whether the run was resumed or not
-    probs, targs = flip_tta(learn)
-    tta_acc = float((probs.argmax(1) == targs).float().mean())
-    if figures:
-        lr_sched = pd.read_csv(path/'lr_schedule.csv')['lr'].values
-        _savefig(plot_schedule(lr_sched, s['lr_min'], s['lr_max'], n_iter), path/'one_cycle.png')
-        _savefig(plot_curves(hist), path/'curves.png')
-        interp = interpret(learn)
-        _savefig(plot_misclassified(interp), path/'misclassified.png')
-        _savefig(plot_confusion(interp), path/'confusion.png')
-    export(learn, path)
-    metrics = dict(test_acc=float(last['test_acc']), test_loss=float(last['test_loss']), train_acc=float(last['train_acc']),
-                   tta_acc=tta_acc, scored_on=s['scored_on'], lr_min=s['lr_min'], lr_max=s['lr_max'], epochs=s['epochs'],
-                   peak_epoch=s['peak_epoch'], train_seconds=train_seconds,
-                   images_per_second=s['epochs'] * s['n_train_used'] / train_seconds, device=s['device_used'], seed=s['seed'])
-    write_json(path/'metrics.json', {**metrics, 'complete': True})  # written last: the run is complete
-    return learn, metrics
-
-# %% ../nbs/04_learner.ipynb #cdce4901
-def export(learn, path):
-    "Write `model.pkl` (fastai export) and `model.pth` (plain state dict) into `path`"
-    path = Path(path)
-    old_path, learn.path = learn.path, path
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            learn.export('model.pkl')
-    finally: learn.path = old_path
-    sd = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
-    torch.save(sd, path/'model.pth')
-
-def load(path, cpu:bool=True):
-    "The `Learner` exported by a run: `path` is its run folder or its `model.pkl`"
-    import pickle
-    p = Path(path).expanduser()
-    if p.is_dir(): p = p/'model.pkl'
-    check(p.exists(), f"no model at {p}: give a run folder or its model.pkl")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            learn = torch.load(p, map_location='cpu' if cpu else None, weights_only=False)
-    except ModuleNotFoundError as e:
-        raise FastResnetError(f"{p} needs the Python package {e.name!r}, which is not installed: pip install it") from None
-    except (pickle.UnpicklingError, EOFError, RuntimeError, AttributeError, ValueError) as e:
-        raise FastResnetError(f"{p} is not a model exported by fast_resnet ({type(e).__name__}): give a run's model.pkl") from None
-    check(isinstance(learn, Learner), f"{p} is not a model exported by fast_resnet: give a run's model.pkl")
-    if cpu:
-        learn.dls.cpu()
-        if hasattr(learn, 'channels_last'): learn = learn.to_contiguous(to_fp32=True)
-        elif hasattr(learn, 'mixed_precision'): learn = learn.to_fp32()
-    return learn
-
-def predict(learn, images) -> list:
-    "`(class, confidence)` for each image file in `images`"
-    files = [Path(f) for f in images]
-    for f in files: check(f.exists(), f"no image at {f}: give existing image files")
-    check_images(files)
-    dl = learn.dls.test_dl(files)
-    with learn.no_bar(): probs, _ = learn.get_preds(dl=dl)
-    conf, idx = probs.max(1)
-    return [(learn.dls.vocab[i], float(c)) for i, c in zip(idx.tolist(), conf)]

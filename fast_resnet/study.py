@@ -73,7 +73,7 @@ def study(seeds:int=5, # how many runs, with seeds first_seed, first_seed+1, ...
     from fast_resnet.data import run_data
     kwargs['data'] = run_data(kwargs.get('data'), s['valid'])  # found (or downloaded), listed and split once, before the folder is made
     out = run_folder(out, exist_ok=resume)
-    from fast_resnet.learner import train
+    from fast_resnet.run import train
     from fast_resnet.checkpoint import CHECKPOINT
     settings = {k: v for k, v in s.items() if k != 'seed'}
     settings['data'] = str(getattr(s['data'], 'path', s['data']))  # a `CifarData` from the command line: its folder
