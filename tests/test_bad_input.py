@@ -29,7 +29,7 @@ from conftest import cli, assert_bad_input
     (['--fc-scale', '0'], '--fc-scale must be in (0, inf)'),
     (['--bn-mom', '2'], '--bn-mom must be in (0, 1]'),
     (['--bn-eps', 'tiny'], '--bn-eps must be a number'),
-    (['--lr-rule', 'steep'], '--lr-rule must be one of divergence, minimum, valley'),
+    (['--lr-rule', 'divergence'], '--lr-rule must be one of minimum, knee, steep, valley'),
     (['--loader', 'ffcv'], '--loader must be one of fast, datablock'),
     (['--valid', '--n-test', '6000'], '--n-test 6000 is more than the 5000 images --valid holds out'),
     (['--device', 'tpu'], '--device must be one of auto, cpu, cuda, mps'),
@@ -57,6 +57,12 @@ def test_no_command():
 def test_help():
     r = cli('train', '--help')
     assert r.returncode == 0 and '--lr-min' in r.stdout and '--quick' in r.stdout
+
+def test_help_types():
+    "--help names each option's type or choices, not `(str)`, though `train_settings` checks the values (the tests above)"
+    r = cli('train', '--help')
+    assert r.returncode == 0 and '(str)' not in r.stdout, r.stdout
+    for s in ('--data (path)', '--epochs (int)', '--lr-min (float)', '--opt (sgd|nesterov|adam)', '--mom (float|cycle)'): assert s in r.stdout, s
 
 # The data folder: every case is answered before any training starts.
 def test_data_missing(tmp_path): assert_bad_input(cli('train', '--data', tmp_path/'nope', '--out', tmp_path/'r'), 'does not exist')

@@ -1,0 +1,49 @@
+"Papercuts a new user met: tab completion of the API, the types `learn.predict` returns, a figure shown twice in Jupyter."
+import pytest, torch
+import fast_resnet
+from conftest import REAL_DATA
+
+def test_dir_lists_the_api():
+    names = dir(fast_resnet)
+    for n in ('train', 'load', 'predict', 'export', 'FastResnetError'): assert n in names, n
+
+def _types(res): return [type(o) for o in res[1:]]  # `(class, index, probabilities)`: the tensors' types
+
+def test_predict_types(fake_data):
+    "Plain tensors, as a stock fastai vision learner returns, not `TensorImage`, with either data loader"
+    from fastai.vision.all import vision_learner, resnet18, TensorImage
+    from fast_resnet.data import read_cifar
+    from fast_resnet.fast_data import fast_dls
+    from fast_resnet.augment import cifar_dls
+    from fast_resnet.learner import cifar_learner
+    img = next((fake_data/'test'/'cat').iterdir())
+    data = read_cifar(fake_data)
+    for dls in (fast_dls(data, bs=8, device='cpu'), cifar_dls(data, bs=8, workers=0, device='cpu')):
+        cls, idx, probs = res = cifar_learner(dls, c=8).predict(img)
+        assert _types(res) == _types(vision_learner(dls, resnet18, pretrained=False).predict(img)) == [torch.Tensor] * 2
+        assert not isinstance(probs, TensorImage) and cls == dls.vocab[int(idx)] and probs.shape == (10,)
+
+def test_predict_types_loaded(quick_run):
+    "The same for the model a run exported, read back with `load`"
+    out, _ = quick_run
+    img = next((REAL_DATA/'test'/'cat').glob('*.png'))
+    assert _types(fast_resnet.load(out).predict(img)) == [torch.Tensor] * 2
+
+def test_plots_shown_once(fake_data):
+    "Each `plot_` function's figure appears once in a notebook cell that ends with the call"
+    from execnb.shell import CaptureShell
+    sh = CaptureShell()
+    sh.run(f"""
+import pandas as pd
+from fast_resnet.data import read_cifar
+from fast_resnet.augment import cifar_dls
+from fast_resnet.learner import cifar_learner
+from fast_resnet.interpret import *
+learn = cifar_learner(cifar_dls(read_cifar({str(fake_data)!r}), bs=8, workers=0, device='cpu'), c=8)
+interp = interpret(learn)
+hist = pd.DataFrame(dict(epoch=[1, 2], train_loss=[2., 1.], test_loss=[2., 1.5], train_acc=[.3, .5], test_acc=[.3, .4]))
+""")
+    assert sh.exc is None, sh.exc
+    for call in ('plot_confusion(interp)', 'plot_misclassified(interp)', 'plot_curves(hist)'):
+        outs = sh.run(call)
+        assert sum('image/png' in o.get('data', {}) for o in outs) == 1, (call, outs)
