@@ -12,8 +12,8 @@ warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*', category=Fu
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'DEVICES', 'PAD_MODES', 'LR_RULES', 'LOADERS', 'MAX_LR_RATIO', 'N_VALID', 'DEFAULTS', 'QUICK', 'WD',
-           'INT', 'FLOAT', 'PATH', 'FastResnetError', 'check', 'shown_as', 'one_of', 'train_settings', 'settings_diffs',
-           'resolve_device', 'launched_world', 'check_parallel', 'run_folder', 'write_json']
+           'INT', 'FLOAT', 'PATH', 'FastResnetError', 'check', 'shown_as', 'one_of', 'shown_once', 'train_settings',
+           'settings_diffs', 'resolve_device', 'launched_world', 'check_parallel', 'run_folder', 'write_json']
 
 # %% ../nbs/00_core.ipynb #ba64126c
 class FastResnetError(ValueError):
@@ -79,6 +79,13 @@ def shown_as(name:str):
 
 INT, FLOAT, PATH = shown_as('int'), shown_as('float'), shown_as('path')
 def one_of(choices): return shown_as('|'.join(choices))
+
+def shown_once(fig, created:bool=True):
+    "`fig`, closed in pyplot when the caller `created` it, so that Jupyter shows it once: as the value the cell returns"
+    if created:
+        import matplotlib.pyplot as plt  # not at the top: the command line's --help should not wait for matplotlib
+        plt.close(fig)
+    return fig
 
 # %% ../nbs/00_core.ipynb #10b284da
 def train_settings(**kw) -> dict:

@@ -8,16 +8,12 @@ import numpy as np
 import matplotlib.pyplot as plt
 import torch
 from fastai.vision.all import ClassificationInterpretation
+from .core import shown_once
 
 # %% auto #0
 __all__ = ['plot_curves', 'CifarInterpretation', 'interpret', 'misclassified', 'plot_misclassified', 'plot_confusion']
 
 # %% ../nbs/05_interpret.ipynb #daecbf84
-def _shown_once(fig):
-    "`fig`, closed in pyplot, so that Jupyter shows it only as the value a cell returns"
-    plt.close(fig)
-    return fig
-
 def plot_curves(hist):
     "Loss and accuracy per epoch, train and test, from a run's history"
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -27,7 +23,7 @@ def plot_curves(hist):
         ax.set_xlabel('epoch'); ax.set_ylabel(nm); ax.set_title(nm); ax.legend(); ax.grid(alpha=.3)
     a2.set_title(f"accuracy (final test {hist['test_acc'].iloc[-1]:.2%})")
     fig.tight_layout()
-    return _shown_once(fig)
+    return shown_once(fig)
 
 # %% ../nbs/05_interpret.ipynb #a8c2a429
 class CifarInterpretation(ClassificationInterpretation):
@@ -70,9 +66,9 @@ def plot_misclassified(interp, n:int=20, ncols:int=5):
         ax.set_title(f"true {vocab[int(interp.targs[i])]}\npred {vocab[int(interp.preds[i].argmax())]} {c:.0%}", fontsize=8)
     fig.suptitle('most confident mistakes on the test set' if idx else 'no misclassified test images')
     fig.tight_layout()
-    return _shown_once(fig)
+    return shown_once(fig)
 
 def plot_confusion(interp):
     "The confusion matrix of the test set"
     interp.plot_confusion_matrix(figsize=(6, 6), title='confusion matrix (test set)')  # draws in a new pyplot figure
-    return _shown_once(plt.gcf())
+    return shown_once(plt.gcf())

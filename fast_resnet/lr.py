@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import numpy as np
 from fastai.callback.core import Callback
-from .core import MAX_LR_RATIO, LR_RULES, check
+from .core import MAX_LR_RATIO, LR_RULES, check, shown_once
 
 # %% auto #0
 __all__ = ['RANGE_START', 'RANGE_END', 'PER_DECADE', 'smooth_losses', 'per_decade', 'range_features', 'ema_losses', 'lr_bounds',
@@ -117,7 +117,8 @@ class RangeTest:
     def plot(self, ax=None):
         "The loss per batch (light) and smoothed (dark) against the LR, with the rule's feature, LRMIN and LRMAX marked"
         import matplotlib.pyplot as plt
-        if ax is None: _, ax = plt.subplots(figsize=(6.5, 4))
+        created = ax is None
+        if created: _, ax = plt.subplots(figsize=(6.5, 4))
         ok = np.isfinite(self.losses)
         sm = range_features(self.lrs[ok], self.losses[ok])['smooth']
         ax.plot(self.lrs[ok], self.losses[ok], '.', color='C0', alpha=0.3, ms=3, label='loss per batch')
@@ -134,7 +135,7 @@ class RangeTest:
         ax.axvspan(self.lr_min, self.lr_max, color='C1', alpha=0.1)
         ax.set_title(f"LR range test, {len(self.lrs)} batches to {self.lrs[-1]:.2g} ({'diverged' if self.diverged else 'end of range'})")
         ax.legend(fontsize=8)
-        return ax.figure
+        return shown_once(ax.figure, created)
 
     def _upto(self, sm): return max(2, int(np.searchsorted(self.lrs[:len(sm)], self.features.get('rise', self.lrs[-1]))) + 1)
 
@@ -179,12 +180,13 @@ def one_cycle_lrs(lr_min:float, lr_max:float, epochs:int, peak_epoch:float, iter
 def plot_schedule(lrs, lr_min:float, lr_max:float, iters_per_epoch:int, title:str='one-cycle LR schedule', ax=None):
     "The LR per training batch, against epochs, with LRMIN and LRMAX marked"
     import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
+    created = ax is None
+    if created: _, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(np.arange(len(lrs)) / iters_per_epoch, lrs)
     for v, nm, c in ((lr_min, 'LRMIN', 'C2'), (lr_max, 'LRMAX', 'C3')):
         ax.axhline(v, color=c, ls='--', lw=1, label=f'{nm} = {v:.2e}')
     ax.set_xlabel('epoch'); ax.set_ylabel('learning rate'); ax.set_title(title); ax.legend()
-    return ax.figure
+    return shown_once(ax.figure, created)
 
 # %% ../nbs/03_lr.ipynb #357f9d34
 def cyclic_lr(it, lr_min:float, lr_max:float, step_size:int):
@@ -202,9 +204,10 @@ def triangular_sched(lr_min:float, lr_max:float, n_cycles:int=1):
 def plot_cyclic_lr(lr_min:float, lr_max:float, step_size:int=500, n_cycles:int=3, ax=None):
     "Plot `n_cycles` of the triangular schedule"
     import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
+    created = ax is None
+    if created: _, ax = plt.subplots(figsize=(6, 3.5))
     it = np.arange(2 * step_size * n_cycles + 1)
     ax.plot(it, cyclic_lr(it, lr_min, lr_max, step_size))
     ax.set_xlabel('iteration'); ax.set_ylabel('learning rate')
     ax.set_title(f'triangular cyclic LR (step size {step_size})')
-    return ax.figure
+    return shown_once(ax.figure, created)

@@ -34,16 +34,23 @@ def test_plots_shown_once(fake_data):
     from execnb.shell import CaptureShell
     sh = CaptureShell()
     sh.run(f"""
+import matplotlib.pyplot as plt
+plt.close('all')  # figures other tests left open in this process: in Jupyter the inline backend closes them per cell
 import pandas as pd
 from fast_resnet.data import read_cifar
 from fast_resnet.augment import cifar_dls
 from fast_resnet.learner import cifar_learner
 from fast_resnet.interpret import *
+from fast_resnet.lr import RangeTest, one_cycle_lrs, plot_schedule, plot_cyclic_lr
 learn = cifar_learner(cifar_dls(read_cifar({str(fake_data)!r}), bs=8, workers=0, device='cpu'), c=8)
 interp = interpret(learn)
+import numpy as np
+lrs = np.geomspace(1e-4, 10, 60)
+rt = RangeTest.read(lrs, 2.3 - np.sin(np.linspace(0, 3, 60)), 'minimum')
 hist = pd.DataFrame(dict(epoch=[1, 2], train_loss=[2., 1.], test_loss=[2., 1.5], train_acc=[.3, .5], test_acc=[.3, .4]))
 """)
     assert sh.exc is None, sh.exc
-    for call in ('plot_confusion(interp)', 'plot_misclassified(interp)', 'plot_curves(hist)'):
+    for call in ('plot_confusion(interp)', 'plot_misclassified(interp)', 'plot_curves(hist)', 'rt.plot()',
+                 'plot_schedule(one_cycle_lrs(.01, .1, 4, 1, 10), .01, .1, 10)', 'plot_cyclic_lr(.01, .1)'):
         outs = sh.run(call)
         assert sum('image/png' in o.get('data', {}) for o in outs) == 1, (call, outs)
