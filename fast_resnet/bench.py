@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, math, os, platform, time, warnings
 from pathlib import Path
 from fastcore.script import call_parse, store_true
-from .core import INT, FLOAT, PATH, one_of, FastResnetError, check, _num, _flag, _choice, DEVICES, PAD_MODES, resolve_device, run_folder, write_json
+from .core import INT, FLOAT, PATH, one_of, FastResnetError, check, _num, _flag, _choice, _merged, _positive_ints, DEVICES, PAD_MODES, resolve_device, run_folder, write_json
 
 # %% auto #0
 __all__ = ['BENCH_DEFAULTS', 'BENCH_QUICK', 'PEAK_FRAC', 'bench_settings', 'forward_flops', 'matmul_peak_tflops', 'warm_up',
@@ -22,14 +22,9 @@ PEAK_FRAC = 5 / 24  # the recipe's LR peak: epoch 5 of 24
 
 def bench_settings(**kw) -> dict:
     "The complete, checked settings of a benchmark from the given keyword arguments"
-    unknown = set(kw) - set(BENCH_DEFAULTS)
-    check(not unknown, f"unknown setting(s): {', '.join(sorted(unknown))}")
-    given = {k: v for k, v in kw.items() if v is not None}
-    s = {**BENCH_DEFAULTS, **(BENCH_QUICK if given.get('quick') else {}), **given}
+    s = _merged(kw, BENCH_DEFAULTS, BENCH_QUICK)
     s['quick'], s['compile'] = bool(s['quick']), bool(s['compile'])
-    for k in ('epochs', 'width', 'bs'):
-        s[k] = _num(s[k], k, int)
-        check(s[k] > 0, f"{_flag(k)} must be positive, got {s[k]}")
+    _positive_ints(s, ('epochs', 'width', 'bs'))
     for k in ('n_train', 'n_test', 'naive_batches', 'plain_epochs', 'workers', 'seed'):
         if s[k] is not None: s[k] = _num(s[k], k, int)
     for k in ('n_train', 'n_test'): check(s[k] is None or s[k] > 0, f"{_flag(k)} must be positive, got {s[k]}")

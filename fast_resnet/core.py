@@ -59,6 +59,19 @@ def _num(v, name, kind=float):
         if isinstance(e, FastResnetError): raise
         raise FastResnetError(f"{flag} must be a number, got {v!r}") from None
 
+def _merged(kw:dict, defaults:dict, quick:dict) -> dict:
+    "`defaults`, then `quick`'s values where `quick=True` is given, then the given values (None: not given)"
+    unknown = set(kw) - set(defaults)
+    check(not unknown, f"unknown setting(s): {', '.join(sorted(unknown))}")
+    given = {k: v for k, v in kw.items() if v is not None}
+    return {**defaults, **(quick if given.get('quick') else {}), **given}
+
+def _positive_ints(s:dict, keys):
+    "Each `s[k]` of `keys` as a positive whole number"
+    for k in keys:
+        s[k] = _num(s[k], k, int)
+        check(s[k] > 0, f"{_flag(k)} must be positive, got {s[k]}")
+
 def _choice(s:dict, k:str, choices):
     "Lower-case `s[k]` and check that it is one of `choices`"
     s[k] = str(s[k]).lower()
@@ -90,14 +103,9 @@ def shown_once(fig, created:bool=True):
 # %% ../nbs/00_core.ipynb #10b284da
 def train_settings(**kw) -> dict:
     "The complete, checked settings of a training run from the given keyword arguments"
-    unknown = set(kw) - set(DEFAULTS)
-    check(not unknown, f"unknown setting(s): {', '.join(sorted(unknown))}")
-    given = {k:v for k,v in kw.items() if v is not None}
-    s = {**DEFAULTS, **(QUICK if given.get('quick') else {}), **given}
+    s = _merged(kw, DEFAULTS, QUICK)
     for k in ('quick', 'valid', 'wd_bn_bias', 'sync_bn'): s[k] = bool(s[k])
-    for k in ('epochs', 'bs', 'width', 'lr_find_iters'):
-        s[k] = _num(s[k], k, int)
-        check(s[k] > 0, f"{_flag(k)} must be positive, got {s[k]}")
+    _positive_ints(s, ('epochs', 'bs', 'width', 'lr_find_iters'))
     for k in ('n_train', 'n_test', 'workers', 'seed'):
         if s[k] is not None: s[k] = _num(s[k], k, int)
     for k in ('n_train', 'n_test'):

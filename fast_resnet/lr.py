@@ -29,10 +29,10 @@ def per_decade(lrs) -> float:
     lrs = np.asarray(lrs, dtype=float)
     return (len(lrs) - 1) / max(np.log10(lrs[-1] / lrs[0]), 1e-12)
 
-def range_features(lrs, losses, rise:float=0.25, min_fall:float=0.05, start_frac:float=0.05) -> dict:
-    "The smoothed curve ('smooth') and the index of each feature present: 'fall', 'steepest', 'knee', 'minimum', 'rise'"
+def range_features(lrs, losses, rise:float=0.25, min_fall:float=0.05, start_frac:float=0.05, smooth:float=0.25) -> dict:
+    "The curve smoothed over `smooth` decades ('smooth') and the index of each feature present: 'fall', 'steepest', 'knee', 'minimum', 'rise'"
     lrs = np.asarray(lrs, dtype=float)
-    sm = smooth_losses(losses, per_decade(lrs) / 4)  # a quarter of a decade
+    sm = smooth_losses(losses, per_decade(lrs) * smooth)
     s0, low = sm[0], np.minimum.accumulate(sm)
     fallen = s0 - low
     f = dict(smooth=sm)

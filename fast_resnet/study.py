@@ -150,8 +150,8 @@ LEVERS = {
     'weight decay on BN and biases': dict(wd_bn_bias=True),
     'label smoothing 0.2': dict(label_smoothing=0.2),
     'BN momentum 0.2': dict(bn_mom=0.2),
-    'LR rule valley': dict(lr_rule='valley'),
-    'LR rule minimum': dict(lr_rule='minimum'),
+    'LR rule knee': dict(lr_rule='knee'),
+    'LR rule valley (fastai)': dict(lr_rule='valley'),
     'zero padding': dict(pad_mode='zeros'),
     'EMA 0.99': dict(ema=0.99),
 }
