@@ -58,7 +58,7 @@ def plot_misclassified(interp, n:int=20, ncols:int=5):
     idx, conf = misclassified(interp, n)
     vocab, ds = interp.dl.vocab, interp.dl.dataset
     nrows = max(1, -(-len(idx) // ncols))
-    fig, axs = plt.subplots(nrows, ncols, figsize=(2 * ncols, 2.3 * nrows), squeeze=False)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(2 * ncols, 2.6 * nrows), squeeze=False)  # room for two title lines a row
     for ax in axs.flat: ax.axis('off')
     for ax, i, c in zip(axs.flat, idx, conf):
         img = ds[i][0]
