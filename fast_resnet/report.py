@@ -56,14 +56,14 @@ _HIST = dict(epoch='{:.0f}', lr='{:.3g}', train_loss='{:.4f}', train_acc='{:.2%}
 _LR_KEYS, _ENV_KEYS = ('lr_min', 'lr_max', 'lr_source', 'lr_find'), ('device_used', 'torch_threads', 'git_commit', 'versions')
 _NAME = dict(test='test', valid='validation')
 
-def _read(path:Path):
-    "`(config, metrics or None, history rows)` of the run folder `path`"
+def _read(path:Path, metrics=None):
+    "`(config, metrics or None, history rows)` of the run folder `path`; `metrics` in place of its metrics.json"
     check(path.is_dir(), f"{path} is not a folder: give a run folder written by fast_resnet train")
     check((path/'config.json').exists(), f"{path} is not a run folder (no config.json): give a folder written by fast_resnet train")
     num = lambda v: float(v) if v else float('nan')
     try:
         cfg = json.loads((path/'config.json').read_text())
-        m = json.loads((path/'metrics.json').read_text()) if (path/'metrics.json').exists() else None
+        m = metrics if metrics is not None else json.loads((path/'metrics.json').read_text()) if (path/'metrics.json').exists() else None
         hist = [{k: num(v) for k, v in r.items()} for r in csv.DictReader(open(path/'history.csv'))] if (path/'history.csv').exists() else []
     except (ValueError, OSError) as e:
         raise FastResnetError(f"{path} holds a record that cannot be read ({type(e).__name__}: {e}): give a folder written by fast_resnet train") from None
@@ -85,10 +85,10 @@ def _status(path:Path, cfg:dict, m, hist:list) -> str:
     more = " `fast_resnet train --resume --out RUN_FOLDER` continues it." if (path/'checkpoint.pth').exists() else ""
     return f"**This run did not finish**: {why}. {done}.{more}"
 
-def write_report(run_folder) -> Path:
+def write_report(run_folder, metrics:dict=None) -> Path:
     "Write `report.md` in `run_folder` from the records the run left there (nothing is recomputed); returns its path"
     path = Path(run_folder).expanduser()
-    cfg, m, hist = _read(path)
+    cfg, m, hist = _read(path, metrics)  # `train` gives the metrics it is about to write: metrics.json stays the last record
     name, complete = _NAME.get(cfg.get('scored_on'), 'test'), m is not None and bool(m.get('complete'))
     def pictures(section):
         return [f"![{cap}]({k}.png)\n\n*{cap[0].upper()}{cap[1:]}.*\n" for k, (s, cap) in FIGURES.items()

@@ -174,8 +174,9 @@ def _train(kw, resume, figures, ddp, on_lrs):
     if stop.diverged:  # in every process at once
         d = stop.diverged
         if r == 0:
-            write_json(path/'metrics.json', dict(complete=False, diverged=d, lr_min=s['lr_min'], lr_max=s['lr_max'], epochs=s['epochs']))
-            write_report(path)  # says at its top that the run diverged
+            m = dict(complete=False, diverged=d, lr_min=s['lr_min'], lr_max=s['lr_max'], epochs=s['epochs'])
+            write_report(path, m)  # says at its top that the run diverged
+            write_json(path/'metrics.json', m)
         e = TrainingDiverged(f"training diverged in epoch {d['epoch']} (the loss became NaN or infinite at LR {d['lr']:.3g}): "
                              f"LRMAX {s['lr_max']:.3g} is likely too high; lower --lr-max and --lr-min, or let the range "
                              f"test find them; " + (f"the checkpoint of epoch {d['epoch'] - 1} stays in {path}" if d['epoch'] > 1 else "no epoch finished"))
@@ -203,7 +204,7 @@ def _train(kw, resume, figures, ddp, on_lrs):
                            lr_max=s['lr_max'], epochs=s['epochs'], peak_epoch=s['peak_epoch'], train_seconds=train_seconds,
                            images_per_second=s['epochs'] * s['n_train_used'] / train_seconds, device=s['device_used'],
                            world_size=s['world_size'], seed=s['seed'])
-            write_json(path/'metrics.json', {**metrics, 'complete': True})  # the run is complete
-            write_report(path)  # the write-up, from the records above
+            write_report(path, {**metrics, 'complete': True})  # the write-up, from the records above
+            write_json(path/'metrics.json', {**metrics, 'complete': True})  # written last: the run is complete
             return metrics
     return learn, from_rank0(finish)

@@ -4,13 +4,15 @@ import numpy as np
 from conftest import cli, REAL_DATA
 
 RUN_FILES = ('config.json', 'history.csv', 'lr_schedule.csv', 'metrics.json', 'lr_find.png', 'one_cycle.png',
-             'cyclic_lr.png', 'curves.png', 'batch.png', 'misclassified.png', 'confusion.png', 'model.pkl', 'model.pth')
+             'cyclic_lr.png', 'curves.png', 'batch.png', 'misclassified.png', 'confusion.png', 'model.pkl', 'model.pth', 'report.md')
 
 def test_run_folder(quick_run):
     out, r = quick_run
     for f in RUN_FILES: assert (out/f).is_file() and (out/f).stat().st_size > 0, f
     m = json.loads((out/'metrics.json').read_text())
     assert m['complete'] is True
+    last = max(out.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    assert (out/'metrics.json').stat().st_mtime_ns == last.stat().st_mtime_ns, last  # written last: a complete run says so last
     assert m['test_acc'] >= 0.35, m  # the bar for the quick run
     assert m['scored_on'] == 'test' and 0.35 <= m['tta_acc'] <= 1, m  # flip TTA scored too
     assert 'test accuracy' in r.stdout
