@@ -12,16 +12,20 @@ from fastai.vision.all import (RandTransform, TensorImage, Normalize, store_attr
                                IndexSplitter, CropPad, RandomCrop, FlipItem, PadMode)
 
 # %% auto #0
-__all__ = ['Cutout', 'cifar_tfms', 'cifar_dblock', 'cifar_dls']
+__all__ = ['CUTOUT', 'Cutout', 'cifar_tfms', 'cifar_dblock', 'cifar_dls']
 
 # %% ../nbs/01a_augment.ipynb #32b8a90f
+CUTOUT = 8  # the recipe's Cutout: one 8x8 square per training image
+
 class Cutout(RandTransform):
     "Erase one `size`x`size` square per training image, wholly inside it, with `fill` (the dataset mean), with probability `p`"
     split_idx, order = 0, 90  # training only; after IntToFloatTensor, before Normalize
-    def __init__(self, size:int=8, p:float=1., fill=CIFAR_MEAN):
+    def __init__(self, size:int=CUTOUT, p:float=1., fill=CIFAR_MEAN):
         super().__init__(p=1.)  # RandTransform's `p` decides per batch; Cutout decides per image
         store_attr('size,fill'); self.p_img = p
-    def encodes(self, x:TensorImage):
+    def encodes(self, x:TensorImage): return self.apply(x)
+    def apply(self, x):
+        "Cutout on the batch `x` (n, c, h, w), whatever its tensor type"
         n, c, h, w = x.shape
         dev, s = x.device, self.size
         ys = torch.randint(0, h - s + 1, (n, 1), device=dev)
@@ -39,14 +43,14 @@ class Cutout(RandTransform):
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_fill_t'}  # no device tensor in an export
 
 # %% ../nbs/01a_augment.ipynb #34d5788c
-def cifar_tfms(pad_mode:str='reflection', cutout:int=8):
+def cifar_tfms(pad_mode:str='reflection', cutout:int=CUTOUT):
     "The recipe's `item_tfms` and `batch_tfms`"
     pad = PadMode.Reflection if pad_mode == 'reflection' else PadMode.Zeros
     item_tfms = [CropPad(IMG_SIZE + 8, pad_mode=pad), RandomCrop(IMG_SIZE), FlipItem(0.5)]
     batch_tfms = ([Cutout(cutout)] if cutout else []) + [Normalize.from_stats(CIFAR_MEAN, CIFAR_STD)]
     return item_tfms, batch_tfms
 
-def cifar_dblock(data:CifarData, n_train=None, n_test=None, pad_mode:str='reflection', cutout:int=8):
+def cifar_dblock(data:CifarData, n_train=None, n_test=None, pad_mode:str='reflection', cutout:int=CUTOUT):
     "A `DataBlock` over `data`'s train set (or a fixed `n_train` of it) with its test set (or `n_test` of it) as validation"
     train, test = subset(data.train, n_train), subset(data.test, n_test)
     item_tfms, batch_tfms = cifar_tfms(pad_mode, cutout)
@@ -55,7 +59,7 @@ def cifar_dblock(data:CifarData, n_train=None, n_test=None, pad_mode:str='reflec
                        item_tfms=item_tfms, batch_tfms=batch_tfms)
     return dblock, train + test
 
-def cifar_dls(data:CifarData, bs:int=512, n_train=None, n_test=None, pad_mode:str='reflection', cutout:int=8,
+def cifar_dls(data:CifarData, bs:int=512, n_train=None, n_test=None, pad_mode:str='reflection', cutout:int=CUTOUT,
               workers=None, device=None, seed=None, check:bool=True):
     "fastai `DataLoaders` for `data`, after checking every image they will read"
     if check: check_data(data, n_train, n_test)

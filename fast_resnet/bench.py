@@ -7,25 +7,27 @@ from __future__ import annotations
 import contextlib, math, os, platform, time, warnings
 from pathlib import Path
 from fastcore.script import call_parse, store_true
-from .core import INT, FLOAT, PATH, one_of, FastResnetError, check, _num, _flag, _choice, _merged, _positive_ints, DEVICES, PAD_MODES, resolve_device, run_folder, write_json
+from .core import INT, FLOAT, PATH, one_of, FastResnetError, check, _num, _flag, _choice, _merged, _positive_ints, DEVICES, PAD_MODES, PRECISIONS, resolve_device, resolve_precision, device_info, train_settings, run_folder, write_json
+from .data import synthetic_cifar
 
 # %% auto #0
 __all__ = ['BENCH_DEFAULTS', 'BENCH_QUICK', 'PEAK_FRAC', 'bench_settings', 'forward_flops', 'matmul_peak_tflops', 'warm_up',
-           'plain_fit', 'bench', 'bench_cmd']
+           'bench', 'bench_cmd']
 
 # %% ../nbs/08_bench.ipynb #b2f440c6
 BENCH_DEFAULTS = dict(data=None, out=None, epochs=24, quick=False, device='auto', width=64, bs=512, n_train=None,
                       n_test=None, lr_max=0.4, lr_min=None, wd=5e-4, pad_mode='reflection', compile=False,
-                      naive_batches=200, plain_epochs=3, seed=0, workers=None, cache_dir=None)
+                      naive_batches=200, plain_epochs=3, seed=0, workers=None, cache_dir=None, precision='auto', ema=0.,
+                      cuda_graphs=False, synthetic=False, host=False, repeats=5)
 BENCH_QUICK = dict(width=16, bs=128, n_train=512, n_test=256, epochs=1, naive_batches=4, plain_epochs=1, lr_max=0.1)
 PEAK_FRAC = 5 / 24  # the recipe's LR peak: epoch 5 of 24
 
 def bench_settings(**kw) -> dict:
     "The complete, checked settings of a benchmark from the given keyword arguments"
     s = _merged(kw, BENCH_DEFAULTS, BENCH_QUICK)
-    s['quick'], s['compile'] = bool(s['quick']), bool(s['compile'])
+    for k in ('quick', 'compile', 'cuda_graphs', 'synthetic', 'host'): s[k] = bool(s[k])
     _positive_ints(s, ('epochs', 'width', 'bs'))
-    for k in ('n_train', 'n_test', 'naive_batches', 'plain_epochs', 'workers', 'seed'):
+    for k in ('n_train', 'n_test', 'naive_batches', 'plain_epochs', 'workers', 'seed', 'repeats'):
         if s[k] is not None: s[k] = _num(s[k], k, int)
     for k in ('n_train', 'n_test'): check(s[k] is None or s[k] > 0, f"{_flag(k)} must be positive, got {s[k]}")
     for k in ('naive_batches', 'plain_epochs', 'workers'):
@@ -33,7 +35,10 @@ def bench_settings(**kw) -> dict:
     check(0 <= s['seed'] < 2**32, f"--seed must be in 0..2**32-1, got {s['seed']}")
     _choice(s, 'device', DEVICES)
     if s['quick'] and s['device'] == 'auto': s['device'] = 'cpu'  # quick means the CPU unless a device is named
-    _choice(s, 'pad_mode', PAD_MODES)
+    _choice(s, 'pad_mode', PAD_MODES); _choice(s, 'precision', PRECISIONS)
+    check(s['repeats'] >= 1, f"--repeats must be 1 or more, got {s['repeats']}")
+    check(not (s['synthetic'] and s['data'] is not None), "give --data or --synthetic, not both")
+    s['ema'] = _num(s['ema'], 'ema'); check(0 <= s['ema'] < 1, f"--ema must be in [0, 1), got {s['ema']:g}")
     for k in ('lr_max', 'wd'): s[k] = _num(s[k], k)
     check(s['lr_max'] > 0, f"--lr-max must be positive, got {s['lr_max']:g}")
     check(s['wd'] >= 0, f"--wd must be 0 or more, got {s['wd']:g}")
@@ -124,95 +129,15 @@ def warm_up(learn, n:int=20, count_syncs:bool=False):
     learn.opt = None  # a fresh optimizer for the timed fit
     return timer.syncs / (n - timer.skip) if count_syncs else None
 
-# %% ../nbs/08_bench.ipynb #6f3dfd8b
-def plain_fit(dls, width:int, epochs:int, lr_min:float, lr_max:float, wd:float=5e-4, amp:bool=False,
-              channels_last:bool=False, compile:bool=False, seed=None, warm:int=5) -> dict:
-    "Train `CustomResNet(width)` on `fast_dls`' device tensors with a plain PyTorch loop; `seconds`, `images_per_second`, `test_acc`"
-    import torch, torch.nn.functional as F
-    from fastai.callback.schedule import combined_cos
-    from fast_resnet.custom_resnet import CustomResNet
-    from fast_resnet.data import CIFAR_MEAN, CIFAR_STD, IMG_SIZE
-    from fast_resnet.fast_data import crop_flip, RandCropFlip
-    from fast_resnet.augment import Cutout
-    tr, va = dls.train, dls.valid
-    xs, ys, tx, ty, bs = tr.xs, tr.ys, va.xs, va.ys, tr.bs
-    dev = xs.device
-    mean = torch.tensor(CIFAR_MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD, device=dev).view(1, 3, 1, 1)
-    pad_mode = next(t.pad_mode for t in tr.after_batch.fs if isinstance(t, RandCropFlip))
-    cut = next((t.size for t in tr.after_batch.fs if isinstance(t, Cutout)), 0)
-    g = None if seed is None else torch.Generator(dev).manual_seed(seed)
-    r = torch.arange(IMG_SIZE, device=dev)
-    def augment(x):
-        n = len(x)
-        x = crop_flip(x, torch.randint(0, 9, (n, 2), device=dev, generator=g), torch.rand(n, device=dev, generator=g) < 0.5, 4, pad_mode)
-        x = x.float().div_(255)
-        if cut:
-            tl = torch.randint(0, IMG_SIZE - cut + 1, (n, 2, 1), device=dev, generator=g)
-            m = ((r >= tl[:, 0]) & (r < tl[:, 0] + cut))[:, :, None] & ((r >= tl[:, 1]) & (r < tl[:, 1] + cut))[:, None, :]
-            x = torch.where(m[:, None], mean, x)
-        return (x - mean) / std
-    model = CustomResNet(width, len(dls.vocab)).to(dev)
-    if channels_last: model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if compile else model
-    autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    rest = [p for p in model.parameters() if p.ndim <= 1]
-    steps = len(xs) // bs
-    total = epochs * steps
-    lr_s, mom_s = combined_cos(PEAK_FRAC, lr_min, lr_max, lr_min), combined_cos(PEAK_FRAC, 0.95, 0.85, 0.95)
-    lrs, moms = [float(lr_s(i / total)) for i in range(total)], [float(mom_s(i / total)) for i in range(total)]
-
-    def train_step(opt, i, x, y):
-        for grp in opt.param_groups: grp['lr'], grp['momentum'] = lrs[i], moms[i]
-        with autocast():
-            out = net(x)
-            loss = F.cross_entropy(out, y)
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-        return torch.stack([loss.detach().float() * len(y), (out.argmax(1) == y).sum().float()])
-    def evaluate():
-        net.eval()
-        correct = torch.zeros((), device=dev)
-        with torch.no_grad(), autocast():
-            for i in range(0, len(tx), bs): correct += (net((tx[i:i + bs].float() / 255 - mean) / std).argmax(1) == ty[i:i + bs]).sum()
-        net.train()
-        return correct
-    def new_opt():
-        return torch.optim.SGD([dict(params=decay, weight_decay=wd), dict(params=rest, weight_decay=0.)], lr=lrs[0], momentum=moms[0])
-
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt = new_opt()
-    for i in range(min(warm, steps)): train_step(opt, i, augment(xs[i * bs:(i + 1) * bs]), ys[i * bs:(i + 1) * bs])
-    evaluate()
-    model.load_state_dict(state)
-    opt, hist = new_opt(), []
-    _sync(dev); t0 = time.perf_counter()
-    for ep in range(epochs):
-        idx = torch.randperm(len(xs), device=dev, generator=g)
-        sums = torch.zeros(2, device=dev)
-        for b in range(steps):
-            j = idx[b * bs:(b + 1) * bs]
-            sums += train_step(opt, ep * steps + b, augment(xs[j]), ys[j])
-        hist.append(torch.cat([sums, evaluate()[None]]).tolist())  # the one read per epoch
-    secs = time.perf_counter() - t0
-    loss, correct, test_correct = hist[-1]
-    return dict(seconds=secs, images_per_second=total * bs / secs, train_loss=loss / (steps * bs),
-                train_acc=correct / (steps * bs), test_acc=test_correct / len(tx), epochs=epochs)
-
 # %% ../nbs/08_bench.ipynb #0b675d03
-def _device_name(dev:str) -> str:
-    import torch
-    if dev == 'cuda': return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-def _naive(data, s, dev, path):
+def _naive(data, s, ts, dev, path):
     "Images per second of the textbook pipeline: `cifar_dls` (PNG files, item transforms on CPU workers) and `cifar_learner`"
     from fast_resnet.augment import cifar_dls
-    from fast_resnet.learner import cifar_learner
+    from fast_resnet.learner import cifar_learner, learner_kwargs
     workers = s['workers'] if s['workers'] is not None else (0 if dev == 'cpu' else None)  # as `train` chooses
     dls = cifar_dls(data, bs=s['bs'], n_train=s['n_train'], n_test=s['n_test'], pad_mode=s['pad_mode'], workers=workers,
                     device=dev, check=False)  # the fast path's decoding has checked every image
-    learn = cifar_learner(dls, c=s['width'], opt='sgd', mom='cycle', fc_scale=1., wd=s['wd'], path=path)
+    learn = cifar_learner(dls, **dict(learner_kwargs(ts), compile=False, cuda_graphs=False), path=path)  # `train`'s learner
     n = s['naive_batches']
     skip = min(10, max(1, n // 4))  # worker start-up and autotuning stay out of the timing
     timer = _batch_timer()(skip + n, skip=skip)
@@ -232,6 +157,8 @@ def _table(r) -> str:
                  f"{r['gflops_per_image']:.3g} GFLOP per training image, {r['achieved_tflops']:.3g} TFLOP/s achieved, "
                  f"peak {r['peak_tflops']:.3g} TFLOP/s ({r['peak_dtype']} matmul), MFU {r['mfu']:.1%}")
     sp, ov = r['speedup_vs_naive'], r['overhead_vs_plain']
+    lines.append(f"{r['device_name']}, {r['precision']}; device reads per step {r['reads_per_step']:.3f} (inside the step "
+                 f"{r['reads_in_step']:.3f}); the checkpoint made training wait {r['checkpoint_ms']:.0f} ms an epoch")
     lines.append(f"speed-up over the DataBlock: {f(sp, '.2f')}x; plain loop time / ours: {f(ov, '.2f')} (1.0 = no fastai overhead)")
     return '\n'.join(lines)
 
@@ -241,26 +168,38 @@ def bench(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
           quick:bool=False, # everything briefly on the CPU: width 16, 512/256 images, 1 epoch, 4 DataBlock batches
           out=None, # folder for bench.json and the exported model (default: runs/bench-<timestamp>)
           device:str='auto', # 'auto', 'cpu', 'cuda' or 'mps' ('auto' is the CPU with `quick`)
-          **kwargs) -> dict: # any other setting of `bench_settings`: width, bs, n_train, n_test, lr_max, lr_min, wd, pad_mode, compile, naive_batches, plain_epochs, seed, workers, cache_dir
-    "Time the fast path, a plain PyTorch loop and the textbook `DataBlock` on the same data; writes and returns `bench.json`"
+          **kwargs) -> dict: # any other setting of `bench_settings`: width, bs, n_train, n_test, lr_max, lr_min, wd, pad_mode, compile, cuda_graphs, precision, ema, synthetic, host, repeats, naive_batches, plain_epochs, seed, workers, cache_dir
+    "Time the loop `train` runs on the fast path, a plain PyTorch loop and the textbook `DataBlock` on the same data (or, with `host`, what a step costs the host); writes and returns `bench.json`"
     s = bench_settings(data=data, epochs=epochs, quick=quick, out=out, device=device, **kwargs)
     dev = resolve_device(s['device'])
+    if s['host']:
+        from fast_resnet.host import host_bench
+        return host_bench(data=synthetic_cifar() if s['synthetic'] else s['data'], out=s['out'], device=dev, ema=s['ema'],
+                          repeats=s['repeats'], cache_dir=s['cache_dir'], precision=s['precision'])
     import torch
     from fastai.vision.all import set_seed
     from fast_resnet.data import read_cifar
     from fast_resnet.custom_resnet import CustomResNet
     from fast_resnet.fast_data import fast_dls
-    from fast_resnet.learner import cifar_learner
+    from fast_resnet.learner import set_cudnn
+    from fast_resnet.host import train_loop, DeviceReads, ReadPhases
+    from fast_resnet.plain import PlainLoop, sync
     from fast_resnet.inference import export
     from fast_resnet.run import _versions
     from fast_resnet.lr import one_cycle_kwargs
-    data = read_cifar(s['data'])
+    data = synthetic_cifar() if s['synthetic'] else read_cifar(s['data'])
     path = run_folder(s['out'] or Path('runs') / time.strftime('bench-%Y%m%d-%H%M%S'))
     set_seed(s['seed'])
-    cuda = dev == 'cuda'
-    if cuda: torch.backends.cudnn.benchmark = True  # for every part alike
-    r = dict(device=dev, device_name=_device_name(dev), epochs=s['epochs'], width=s['width'], bs=s['bs'],
-             lr_min=s['lr_min'], lr_max=s['lr_max'], wd=s['wd'], compiled=s['compile'], quick=s['quick'])
+    # the settings of the run `train` would make: its network, optimizer, momentum, logit scale, precision, callbacks
+    ts = train_settings(width=s['width'], bs=s['bs'], n_train=s['n_train'], n_test=s['n_test'], epochs=s['epochs'],
+                        peak_epoch=s['epochs'] * PEAK_FRAC, lr_min=s['lr_min'], lr_max=s['lr_max'], wd=s['wd'], pad_mode=s['pad_mode'],
+                        compile=s['compile'], cuda_graphs=s['cuda_graphs'], precision=s['precision'], ema=s['ema'], device=dev,
+                        seed=s['seed'])
+    ts['precision_used'] = resolve_precision(ts['precision'], dev)
+    set_cudnn(dev)  # as `train` decides it
+    r = dict(device=dev, **device_info(dev), precision=ts['precision_used'], epochs=s['epochs'], width=s['width'], bs=s['bs'],
+             lr_min=s['lr_min'], lr_max=s['lr_max'], wd=s['wd'], opt=ts['opt'], mom=ts['mom'], ema=ts['ema'], compiled=s['compile'],
+             cuda_graphs=s['cuda_graphs'], quick=s['quick'], synthetic=s['synthetic'])
 
     dls = fast_dls(data, bs=s['bs'], n_train=s['n_train'], n_test=s['n_test'], pad_mode=s['pad_mode'], workers=s['workers'],
                    device=dev, seed=s['seed'], cache_dir=s['cache_dir'])
@@ -270,31 +209,37 @@ def bench(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
     r.update(forward_gflops_per_image=fwd / 1e9, gflops_per_image=3 * fwd / 1e9)
     r['peak_tflops'], r['peak_dtype'] = matmul_peak_tflops(dev)
 
-    learn = cifar_learner(dls, c=s['width'], opt='sgd', mom='cycle', fc_scale=1., wd=s['wd'], path=path, compile=s['compile'])
+    (path/'run').mkdir()
+    learn, cbs, ck = train_loop(dls, ts, path/'run')  # `train`'s learner and callbacks: run log, checkpoint, divergence stop, EMA
     t = time.perf_counter()
-    r['host_syncs_per_batch'] = warm_up(learn, 4 if s['quick'] else 20, count_syncs=cuda)
+    r['host_syncs_per_batch'] = warm_up(learn, 4 if s['quick'] else 20, count_syncs=dev == 'cuda')
     r['compile_seconds'] = time.perf_counter() - t
-    kw = one_cycle_kwargs(s['lr_min'], s['lr_max'], s['epochs'], s['epochs'] * PEAK_FRAC)
-    _sync(dev); t = time.perf_counter()
-    learn.fit_one_cycle(s['epochs'], **kw)
-    _sync(dev); r['fit_seconds'] = time.perf_counter() - t
+    kw = one_cycle_kwargs(ts['lr_min'], ts['lr_max'], ts['epochs'], ts['peak_epoch'])
+    sync(dev); t = time.perf_counter()
+    learn.fit_one_cycle(s['epochs'], cbs=cbs, **kw)
+    sync(dev); r['fit_seconds'] = time.perf_counter() - t
     seen = s['epochs'] * len(dls.train) * s['bs']
     r.update(images_per_second=seen / r['fit_seconds'], test_acc=learn.recorder.rows[-1]['test_acc'],
-             history=learn.recorder.rows)
+             history=learn.recorder.rows, checkpoint_ms=1e3 * sum(ck.blocking) / max(1, len(ck.blocking)))
     r['achieved_tflops'] = r['gflops_per_image'] * r['images_per_second'] / 1e3
     r['mfu'] = r['achieved_tflops'] / r['peak_tflops']
-    if s['compile']: learn.model = learn.model.module  # the exported model is the plain one
+    reads = DeviceReads(dev)  # what the timed loop reads from the device, counted in one more short fit
+    with reads: learn.fit(1, ts['lr_min'], cbs=cbs + [ph := ReadPhases(reads)])
+    r.update(reads_per_step=(reads.counts['step'] + reads.counts['between steps']) / max(1, ph.steps),
+             reads_in_step=reads.counts['step'] / max(1, ph.steps))
+    if hasattr(learn.model, 'module') and not isinstance(learn.model, torch.nn.Sequential): learn.model = learn.model.module  # compiled: export the plain one
     export(learn, path)
 
     r.update(plain_epochs=s['plain_epochs'], plain_torch_images_per_second=None, overhead_vs_plain=None)
     if s['plain_epochs']:
-        p = plain_fit(dls, s['width'], s['plain_epochs'], s['lr_min'], s['lr_max'], s['wd'], amp=hasattr(learn, 'mixed_precision'),
-                      channels_last=hasattr(learn, 'channels_last'), compile=s['compile'], seed=s['seed'])
+        plain = PlainLoop(dls, dict(ts, epochs=s['epochs']), seed=s['seed'])
+        plain.warm_up()
+        p = plain.fit(s['plain_epochs'])  # the first epochs of the same schedule
         r.update(plain_torch_images_per_second=p['images_per_second'], plain_seconds=p['seconds'], plain_test_acc=p['test_acc'],
                  overhead_vs_plain=r['images_per_second'] / p['images_per_second'])
     r.update(naive_batches=s['naive_batches'], naive_fastai_images_per_second=None, speedup_vs_naive=None)
-    if s['naive_batches']:
-        nv = _naive(data, s, dev, path)
+    if s['naive_batches'] and not s['synthetic']:
+        nv = _naive(data, s, ts, dev, path)
         r.update(naive_fastai_images_per_second=nv['images_per_second'], naive_seconds=nv['seconds'], naive_workers=nv['workers'],
                  speedup_vs_naive=r['images_per_second'] / nv['images_per_second'])
     r.update(versions=_versions(), torch_threads=torch.get_num_threads(), out=str(path))
@@ -323,6 +268,12 @@ def bench_cmd(data:PATH=None, # CIFAR-10 folder (default: $FAST_RESNET_DATA, els
               seed:INT=None, # random seed (default 0)
               workers:INT=None, # processes for decoding, and the DataBlock's loader workers (default: automatic)
               cache_dir:PATH=None, # where decoded images are cached (default: $FAST_RESNET_CACHE, else ~/.cache/fast_resnet)
+              precision:one_of(PRECISIONS)=None, # auto (by the device: bf16, fp16 on GPUs without bf16 tensor cores, fp32), bf16, fp16 or fp32
+              ema:FLOAT=None, # time train's loop with an EMA of the weights of this decay (default 0: none)
+              cuda_graphs:store_true=False, # torch.compile with CUDA graphs (mode reduce-overhead): CUDA only, unmeasured
+              synthetic:store_true=False, # random images made in memory instead of CIFAR-10 (timing only; no data to carry)
+              host:store_true=False, # what a step costs the host: train's loop against a plain loop at width 1, batch 16; reads per step; the checkpoint's wait
+              repeats:INT=None, # with --host, timings alternated and kept by their median (default 5)
              ):
     "Time the fast path against a plain PyTorch loop and fastai's DataBlock pipeline; writes bench.json"
     kw = {k: v for k, v in locals().items()}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04a_checkpoint.ipynb #65f02a0d
 from __future__ import annotations
-import os, random
+import os, random, threading, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,30 +13,48 @@ from .core import FastResnetError, check, DEFAULTS, settings_diffs
 from .distributed import rank, all_gather, any_rank, from_rank0, unwrap
 
 # %% auto #0
-__all__ = ['CHECKPOINT', 'rng_states', 'set_rng_states', 'save_atomic', 'Checkpoint', 'load_checkpoint', 'TrainingDiverged',
-           'StopOnDivergence', 'resume_settings', 'truncate_records']
+__all__ = ['CHECKPOINT', 'SLOW_WRITE', 'rng_states', 'set_rng_states', 'save_atomic', 'to_host', 'Checkpoint', 'load_checkpoint',
+           'TrainingDiverged', 'StopOnDivergence', 'resume_settings', 'truncate_records']
 
 # %% ../nbs/04a_checkpoint.ipynb #f8a67135
 CHECKPOINT = 'checkpoint.pth'
 
+def _device(dls=None) -> torch.device:
+    "The device the data (and so the run) is on"
+    d = getattr(dls, 'device', None)
+    return torch.device(d) if d is not None else torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
+
 def rng_states(dls=None) -> dict:
-    "Every random state a run draws from"
-    s = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
-    if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
+    "Every random state a run draws from: Python's, NumPy's, torch's on the CPU and on the run's device (only that one), and each loader's"
+    dev = _device(dls)
+    s = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(), device_type=dev.type)
+    if dev.type == 'cuda': s['cuda'] = torch.cuda.get_rng_state(dev)  # this process's GPU: a resume may see fewer
+    elif dev.type == 'mps': s['mps'] = torch.mps.get_rng_state()
     if dls is not None:
         s['loaders'] = [dl.rng.getstate() for dl in dls.loaders]
         gens = [getattr(dl, 'generator', lambda: None)() for dl in dls.loaders]  # `DeviceDL`'s seeded generator, if any
         s['generators'] = [None if g is None else g.get_state() for g in gens]
     return s
 
-def set_rng_states(s:dict, dls=None):
-    "Restore what `rng_states` saved"
+def set_rng_states(s:dict, dls=None, reseed:int=0) -> bool:
+    "Restore what `rng_states` saved; the states of another kind of device (they cannot carry over) are reseeded from `reseed`. Returns whether all were restored"
     random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
-    if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    dev = _device(dls)
+    same = s.get('device_type', 'cuda' if 'cuda' in s else 'cpu') == dev.type
+    if same and dev.type == 'cuda' and 'cuda' in s:
+        st = s['cuda']  # an older checkpoint kept every visible GPU's state: this GPU's, or the first's
+        torch.cuda.set_rng_state(st[min(dev.index or 0, len(st) - 1)] if isinstance(st, (list, tuple)) else st, dev)
+    if same and dev.type == 'mps' and 'mps' in s: torch.mps.set_rng_state(s['mps'])
+    if not same:  # the device's own generator, deterministically from the seed and the epoch
+        if dev.type == 'cuda': torch.cuda.manual_seed(reseed)
+        elif dev.type == 'mps': torch.mps.manual_seed(reseed)
     if dls is not None and 'loaders' in s:
         for dl, st in zip(dls.loaders, s['loaders']): dl.rng.setstate(st)
-        for dl, st in zip(dls.loaders, s.get('generators', [])):
-            if st is not None: dl.generator().set_state(st)
+        for i, (dl, st) in enumerate(zip(dls.loaders, s.get('generators', []))):
+            if st is None: continue
+            if same: dl.generator().set_state(st)
+            else: dl.generator().manual_seed((reseed + i) % 2**63)
+    return same
 
 def save_atomic(obj, path):
     "`torch.save` to a temporary file, flushed to disk, then moved over `path` in one step"
@@ -45,25 +63,63 @@ def save_atomic(obj, path):
     with open(tmp, 'wb') as f:
         torch.save(obj, f)
         f.flush(); os.fsync(f.fileno())
+    if os.environ.get(SLOW_WRITE): time.sleep(float(os.environ[SLOW_WRITE]))  # test hook: a kill while the temporary file is there
     os.replace(tmp, path)
+
+SLOW_WRITE = 'FAST_RESNET_SLOW_WRITE'  # test hook: seconds to wait before the finished temporary file replaces the checkpoint
+
+def to_host(obj):
+    "`obj` (nested dicts, lists, tuples) with every tensor copied to host memory: a snapshot that training goes on without changing"
+    if isinstance(obj, torch.Tensor): return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict): return {k: to_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return type(obj)(to_host(v) for v in obj)
+    return obj
 
 # %% ../nbs/04a_checkpoint.ipynb #ca441157
 class Checkpoint(Callback):
-    "Save model, optimizer, epoch and random states to `path/checkpoint.pth` after every finished training epoch (rank 0 writes it)"
+    "After every finished training epoch, save model, optimizer, epoch and random states to `path/checkpoint.pth`: copied to host memory while training waits, written by a thread while the next epoch trains (rank 0 writes it)"
     order = 70  # after the recorder and the run log have written the epoch
-    def __init__(self, path): self.path, self.saved = Path(path), None
+    def __init__(self, path):
+        self.path, self.saved, self.blocking = Path(path), None, []  # `blocking`: seconds training waited, per epoch
+        self._thread, self._error = None, None
     def after_epoch(self):
         if not getattr(self.recorder, 'trained_epoch', False): return  # skipped or validation-only
+        t = time.perf_counter()
+        self.wait()  # never two writes at once (the last one is long finished unless the disk is slower than an epoch)
         rngs = all_gather(rng_states(self.dls))  # every process's, in rank order: one in a plain run
         if rank() == 0:
             ema = getattr(self.learn, 'weight_ema', None)  # a `WeightEMA` in this fit
-            save_atomic(dict(epoch=self.epoch + 1, model=unwrap(self.learn.model).state_dict(), opt=self.learn.opt.state_dict(),
-                             rng=rngs[0], ema=None if ema is None else ema.state_dict(),
-                             **({'rng_ranks': rngs} if len(rngs) > 1 else {})), self.path/CHECKPOINT)
-        self.saved = self.epoch + 1  # the finished epochs the run folder keeps
+            mp = getattr(self.learn, 'mixed_precision', None)
+            state = to_host(dict(epoch=self.epoch + 1, model=unwrap(self.learn.model).state_dict(), opt=self.learn.opt.state_dict(),
+                                 rng=rngs[0], ema=None if ema is None else ema.state_dict(),
+                                 scaler=mp.scaler_state() if hasattr(mp, 'scaler_state') else None, device_type=_device(self.dls).type,
+                                 **({'rng_ranks': rngs} if len(rngs) > 1 else {})))
+            # not a daemon: the interpreter waits for it at exit, so a finished epoch reaches the disk even after an error
+            self._thread = threading.Thread(target=self._write, args=(state,), name='checkpoint-writer')
+            self._thread.start()
+        else: self.saved = self.epoch + 1
+        self.blocking.append(time.perf_counter() - t)
+    def _write(self, state):
+        try:
+            save_atomic(state, self.path/CHECKPOINT)
+            self.saved = state['epoch']  # the finished epochs the run folder keeps
+        except BaseException as e: self._error = e
+    def wait(self):
+        "Wait for the write in progress, if any; a write that failed raises here"
+        if self._thread is not None: self._thread.join(); self._thread = None
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise FastResnetError(f"the checkpoint could not be written to {self.path/CHECKPOINT} ({type(e).__name__}: {e}): "
+                                  "free disk space or choose another --out, then --resume") from None
+    def wait_quietly(self):
+        "Wait for the write in progress, keeping quiet about a failed one (for a run that is stopping with another error)"
+        try: self.wait()
+        except FastResnetError: pass
+    def after_fit(self): self.wait()  # the last epoch is on disk before the run says it is complete
 
-def load_checkpoint(learn, path, ema=None) -> int:
-    "Load `path/checkpoint.pth` into `learn` (creating its optimizer) and `ema` (a `WeightEMA`), and restore the random states; returns the finished epochs"
+# %% ../nbs/04a_checkpoint.ipynb #1a2af0ea
+def load_checkpoint(learn, path, ema=None, seed:int=0) -> int:
+    "Load `path/checkpoint.pth` into `learn` (creating its optimizer) and `ema` (a `WeightEMA`), and restore the random states and the fp16 scaler; returns the finished epochs"
     # random states must be CPU tensors; in a data-parallel run rank 0 reads the file and every process gets its content
     ck = from_rank0(lambda: torch.load(Path(path)/CHECKPOINT, map_location='cpu', weights_only=False))
     dev = getattr(learn.dls, 'device', None)
@@ -75,11 +131,18 @@ def load_checkpoint(learn, path, ema=None) -> int:
     if ema is not None:
         check(ck.get('ema') is not None, f"--resume: {path} was trained without --ema: give the same flags")
         ema.load_state_dict(ck['ema'])
+    mp = getattr(learn, 'mixed_precision', None)
+    if ck.get('scaler') is not None and hasattr(mp, 'load_scaler_state'): mp.load_scaler_state(ck['scaler'])
     rngs, r = ck.get('rng_ranks') or [ck['rng']], rank()
-    set_rng_states(rngs[r % len(rngs)], learn.dls)
+    k = (seed * 1_000_003 + ck['epoch'] * 1_009 + r) % 2**32  # for the states that cannot be restored
+    same = set_rng_states(rngs[r % len(rngs)], learn.dls, reseed=k)
     if r >= len(rngs):  # a process the run did not have: the loaders' shared states, and random draws of its own
-        k = (ck['epoch'] * 1_000_003 + r) % 2**32
         random.seed(k); np.random.seed(k); torch.manual_seed(k)
+    if not same and r == 0:
+        was, now = rngs[0].get('device_type', 'cuda'), _device(learn.dls).type
+        print(f"--resume: {path} was checkpointed on {was}, this run continues on {now}: its {was} random states cannot carry "
+              f"over, so the crops, flips and Cutout from epoch {ck['epoch'] + 1} on are drawn from generators seeded by the "
+              "run's seed and the epoch (the LR schedule and everything else continue as they were)", flush=True)
     return ck['epoch']
 
 # %% ../nbs/04a_checkpoint.ipynb #db4c8f92
@@ -88,18 +151,24 @@ class TrainingDiverged(FastResnetError):
     exit_code = 3
 
 class StopOnDivergence(Callback):
-    "Cancel the fit as soon as a training loss is NaN or infinite (checked every `every` batches)"
-    order = 45  # before the recorder: a diverged epoch is not recorded
-    def __init__(self, every:int=16): self.every, self.diverged = every, None
+    "Cancel the fit once a training loss is NaN or infinite: checked every `every` batches and at the end of each epoch"
+    order = 45  # before the recorder's epoch end: a diverged epoch is not recorded
+    def __init__(self, every:int=64): self.every, self.diverged = every, None
     def before_train(self): self.bad = None
     def after_loss(self):
-        if not self.training: return
-        b = ~torch.isfinite(self.learn.loss.detach()).all()
+        if not self.training or self._sums() is not None: return  # the recorder's sum of the losses shows it: no work here
+        b = ~torch.isfinite(self.learn.loss.detach()).all()  # a learner without `EpochRecorder`: a flag of its own
         self.bad = b if self.bad is None else self.bad | b
-        if (self.iter + 1) % self.every == 0: self._check()
+    def after_batch(self):
+        if self.training and (self.iter + 1) % self.every == 0: self._check()
     def after_train(self): self._check()
+    def _sums(self):
+        "The recorder's on-device (loss, correct) sums of this epoch's training batches so far, if it keeps them"
+        return getattr(getattr(self.learn, 'recorder', None), '_sums', {}).get('train') if hasattr(self.learn, 'recorder') else None
     def _check(self):
-        if self.bad is not None and any_rank(self.bad):  # the same batches in every process: all stop together
+        s = self._sums()
+        bad = ~torch.isfinite(s[0]) if s is not None else self.bad  # a NaN or infinite loss makes the sum so
+        if bad is not None and any_rank(bad):  # the same batches in every process: all stop together
             self.diverged = dict(epoch=self.epoch + 1, iteration=self.iter + 1, lr=self.opt.hypers[-1]['lr'])
             raise CancelFitException()
 

@@ -6,10 +6,10 @@
 from __future__ import annotations
 import os, sys
 from fastcore.script import call_parse, anno_parser, store_true
-from .core import FastResnetError, check, shown_as, INT, FLOAT, PATH, one_of, OPTIMIZERS, DEVICES, PAD_MODES, LR_RULES, LOADERS, launched_world, check_parallel
+from .core import FastResnetError, check, shown_as, INT, FLOAT, PATH, one_of, OPTIMIZERS, DEVICES, PAD_MODES, LR_RULES, LOADERS, PRECISIONS, launched_world, check_parallel
 
 # %% auto #0
-__all__ = ['COMMANDS', 'train_cmd', 'predict_cmd', 'report_cmd', 'run_command', 'main']
+__all__ = ['COMMANDS', 'train_cmd', 'lr_find_cmd', 'predict_cmd', 'report_cmd', 'run_command', 'main']
 
 # %% ../nbs/07_cli.ipynb #746b9a7c
 @call_parse
@@ -42,6 +42,12 @@ def train_cmd(data:PATH=None, # CIFAR-10 folder: train/<class>/*.png + test/, or
               lr_rule:one_of(LR_RULES)=None, # how LRMAX (and LRMIN) are read from the LR range test's curve (default minimum)
               ema:FLOAT=None, # decay per batch of an average of the weights that is scored and exported, e.g. 0.99 (default 0: none)
               sync_bn:store_true=False, # data-parallel runs: BatchNorm statistics over the whole global batch (SyncBatchNorm, CUDA), not per process
+              lr_from:PATH=None, # take LRMIN and LRMAX from a folder written by fast_resnet lr-find (or a run or study folder): no range test
+              precision:one_of(PRECISIONS)=None, # auto (bf16 on GPUs with bf16 tensor cores, fp16 on older GPUs, fp32 on the CPU and MPS), bf16, fp16 or fp32
+              zero_res_bn:store_true=False, # start each residual block's last BatchNorm scale at 0 (the block starts as the identity)
+              bias_lr:FLOAT=None, # multiply the LR of BatchNorm weights and biases by this (default 1; --opt nesterov)
+              compile:store_true=False, # torch.compile the training step (one graph; evaluation stays eager)
+              cuda_graphs:store_true=False, # torch.compile with CUDA graphs (mode reduce-overhead) for the training step: CUDA only, unmeasured
               resume:store_true=False, # continue the run in --out from its last finished epoch (give the same flags)
              ):
     "Train the custom ResNet on CIFAR-10 with the LR range test and one-cycle policy; writes a run folder"
@@ -58,6 +64,19 @@ def train_cmd(data:PATH=None, # CIFAR-10 folder: train/<class>/*.png + test/, or
     from fast_resnet.distributed import rank
     if rank() == 0: print(f"{m['scored_on']} accuracy {m['test_acc']:.2%} (flip TTA {m['tta_acc']:.2%}) after {m['epochs']} epochs ({m['train_seconds']:.0f} s of training); "
           f"LRMIN {m['lr_min']:.3g}, LRMAX {m['lr_max']:.3g}; run folder {learn.path}")
+
+@call_parse
+def lr_find_cmd(): # every flag of `fast_resnet train` but --lr-min, --lr-max, --lr-from and --resume
+    "Run only the LR range test that train with the same flags would run: lr_find.png and lr_find.json (LRMIN, LRMAX) in --out"
+    # the flags are train's, copied by `run_command`; it calls `_lr_find` with them
+
+def _lr_find(**kw):
+    from fast_resnet.data import check_run
+    s = check_run(**kw)  # every check before fastai is imported
+    from fast_resnet.range_test import lr_find
+    rt = lr_find(**s)
+    print(f"LRMIN {rt.lr_min:.4g}, LRMAX {rt.lr_max:.4g} (the {rt.feature} of the curve, rule '{rt.rule}'); "
+          f"lr_find.json in {s['out']}: fast_resnet train --lr-from {s['out']} ... uses them")
 
 @call_parse
 def predict_cmd(model:PATH, # a run folder or its model.pkl
@@ -77,7 +96,10 @@ def report_cmd(run:PATH): # a run folder written by fast_resnet train, finished 
 # %% ../nbs/07_cli.ipynb #37f45206
 from .bench import bench_cmd  # these import neither fastai nor torch at module level
 from .study import study_cmd
-COMMANDS = dict(train=train_cmd, predict=predict_cmd, report=report_cmd, bench=bench_cmd, study=study_cmd)
+COMMANDS = {'train': train_cmd, 'lr-find': lr_find_cmd, 'predict': predict_cmd, 'report': report_cmd, 'bench': bench_cmd,
+            'study': study_cmd}
+# commands that take every flag of `train` (declared once, in `train_cmd`) but these
+_TRAIN_FLAGS_BUT = {'study': {'--seed'}, 'lr-find': {'--lr-min', '--lr-max', '--lr-from', '--resume'}}
 
 class _Parser:
     "Make argparse report errors as `FastResnetError` instead of printing its usage and exiting"
@@ -86,7 +108,7 @@ class _Parser:
 
 def _usage() -> str:
     return ("usage: fast_resnet COMMAND [options]   (fast_resnet COMMAND --help for its options)\n\ncommands:\n" +
-            '\n'.join(f"  {k:9} {(f.__wrapped__ if hasattr(f, '__wrapped__') else f).__doc__}" for k, f in COMMANDS.items()))
+            '\n'.join(f"  {k:8} {(f.__wrapped__ if hasattr(f, '__wrapped__') else f).__doc__}" for k, f in COMMANDS.items()))
 
 def run_command(argv) -> int:
     "Run the command line `argv` (without the program name); returns the exit code"
@@ -98,15 +120,17 @@ def run_command(argv) -> int:
     func = getattr(COMMANDS[cmd], '__wrapped__', COMMANDS[cmd])
     p = anno_parser(func, prog=f'fast_resnet {cmd}')
     p.allow_abbrev = False  # else `study --seed 3` would be read as `--seeds 3`
-    if cmd == 'study':  # every flag of `train` but --seed too, declared once, in `train_cmd`
-        own = {o for a in p._actions for o in a.option_strings} | {'--seed'}
+    if cmd in _TRAIN_FLAGS_BUT:
+        own = {o for a in p._actions for o in a.option_strings} | _TRAIN_FLAGS_BUT[cmd]
         for a in anno_parser(train_cmd.__wrapped__)._actions:
             if not own & set(a.option_strings): p._add_action(a)
     p.error = lambda msg: _Parser.error(f"{msg} (see fast_resnet {cmd} --help)")
     ns = vars(p.parse_args(args))
     for k in ('pdb', 'xtra'): ns.pop(k, None)
     pos = ns.pop('images', None)
-    func(*([ns.pop('model')] + list(pos)) if pos is not None else (), **ns) if cmd == 'predict' else func(**ns)
+    if cmd == 'predict': func(*([ns.pop('model')] + list(pos)), **ns)
+    elif cmd == 'lr-find': _lr_find(**ns)
+    else: func(**ns)
     return 0
 
 def main(argv=None):
@@ -119,4 +143,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("error: interrupted; the run folder keeps the epochs that finished", file=sys.stderr)
         code = 130
+    except BaseException as e:
+        if type(e).__name__ != 'LauncherStopped': raise  # `fast_resnet.distributed`'s, before a fit began
+        print("error: stopped: the launcher sent SIGTERM (another process failed, or the launch was stopped)", file=sys.stderr)
+        code = 1
     sys.exit(code)

@@ -11,9 +11,10 @@ from pathlib import Path
 warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'DEVICES', 'PAD_MODES', 'LR_RULES', 'LOADERS', 'MAX_LR_RATIO', 'N_VALID', 'DEFAULTS', 'QUICK', 'WD',
-           'INT', 'FLOAT', 'PATH', 'FastResnetError', 'check', 'shown_as', 'one_of', 'shown_once', 'train_settings',
-           'settings_diffs', 'resolve_device', 'launched_world', 'check_parallel', 'run_folder', 'write_json']
+__all__ = ['OPTIMIZERS', 'DEVICES', 'PAD_MODES', 'LR_RULES', 'LOADERS', 'PRECISIONS', 'MAX_LR_RATIO', 'N_VALID', 'DEFAULTS',
+           'QUICK', 'WD', 'INT', 'FLOAT', 'PATH', 'LR_FILES', 'FastResnetError', 'check', 'shown_as', 'one_of',
+           'shown_once', 'train_settings', 'lrs_from', 'settings_diffs', 'resolve_device', 'device_info',
+           'resolve_precision', 'check_device_settings', 'launched_world', 'check_parallel', 'run_folder', 'write_json']
 
 # %% ../nbs/00_core.ipynb #ba64126c
 class FastResnetError(ValueError):
@@ -27,8 +28,9 @@ def check(cond, msg:str):
 OPTIMIZERS = ('sgd', 'nesterov', 'adam')
 DEVICES = ('auto', 'cpu', 'cuda', 'mps')
 PAD_MODES = ('reflection', 'zeros')
-LR_RULES = ('minimum', 'knee', 'steep', 'valley')
+LR_RULES = ('middle', 'minimum', 'floor', 'knee', 'steep', 'valley')
 LOADERS = ('fast', 'datablock')
+PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 MAX_LR_RATIO = 25.  # fastai's default `div`; a lower LRMIN would be annihilation by another name
 N_VALID = 5000  # training images held out by `valid`: a tenth of the training set, half the size of the test set
 
@@ -36,7 +38,8 @@ DEFAULTS = dict(data=None, out=None, epochs=24, peak_epoch=5., bs=512, opt='nest
                 wd=None, seed=None, device='auto', quick=False, width=64, n_train=None, n_test=None,
                 pad_mode='reflection', lr_find_iters=120, workers=None, loader='fast', valid=False,
                 mom=0.9, wd_bn_bias=False, label_smoothing=0., fc_scale=0.125, bn_mom=0.1, bn_eps=1e-5,
-                lr_rule='minimum', ema=0., sync_bn=False)
+                lr_rule='minimum', ema=0., sync_bn=False, lr_from=None, precision='auto', compile=False,
+                cuda_graphs=False, zero_res_bn=False, bias_lr=1., deterministic=False)
 QUICK = dict(width=16, n_train=5000, n_test=1000, epochs=5, peak_epoch=1., bs=128)
 # Weight decay per optimizer when none is given: the common CIFAR-10 settings (SGD L2-style 5e-4, AdamW 1e-2).
 WD = dict(sgd=5e-4, nesterov=5e-4, adam=1e-2)
@@ -104,7 +107,7 @@ def shown_once(fig, created:bool=True):
 def train_settings(**kw) -> dict:
     "The complete, checked settings of a training run from the given keyword arguments"
     s = _merged(kw, DEFAULTS, QUICK)
-    for k in ('quick', 'valid', 'wd_bn_bias', 'sync_bn'): s[k] = bool(s[k])
+    for k in ('quick', 'valid', 'wd_bn_bias', 'sync_bn', 'compile', 'cuda_graphs', 'zero_res_bn', 'deterministic'): s[k] = bool(s[k])
     _positive_ints(s, ('epochs', 'bs', 'width', 'lr_find_iters'))
     for k in ('n_train', 'n_test', 'workers', 'seed'):
         if s[k] is not None: s[k] = _num(s[k], k, int)
@@ -118,7 +121,7 @@ def train_settings(**kw) -> dict:
     check(0 < s['peak_epoch'] < s['epochs'],
           f"--peak-epoch {s['peak_epoch']:g} must lie inside the run (0 < peak < --epochs {s['epochs']}): lower it or raise --epochs")
     for k, choices in (('opt', OPTIMIZERS), ('device', DEVICES), ('pad_mode', PAD_MODES), ('lr_rule', LR_RULES),
-                       ('loader', LOADERS)): _choice(s, k, choices)
+                       ('loader', LOADERS), ('precision', PRECISIONS)): _choice(s, k, choices)
     s['wd'] = WD[s['opt']] if s['wd'] is None else _num(s['wd'], 'wd')
     check(s['wd'] >= 0, f"--wd must be 0 or more, got {s['wd']:g}")
     if str(s['mom']).lower() == 'cycle': s['mom'] = 'cycle'
@@ -130,8 +133,17 @@ def train_settings(**kw) -> dict:
     _in_range(s, 'bn_mom', 0, 1, lo_open=True, hi_open=False)
     _in_range(s, 'bn_eps', 0, 1, lo_open=True)
     _in_range(s, 'ema', 0, 1)
+    _in_range(s, 'bias_lr', 0, math.inf, lo_open=True)
+    check(s['bias_lr'] == 1 or s['opt'] == 'nesterov', f"--bias-lr applies to --opt nesterov only (got --opt {s['opt']}): drop --bias-lr")
     lo, hi = s['lr_min'], s['lr_max']
     check((lo is None) == (hi is None), "give both --lr-min and --lr-max, or neither (to find them with the LR range test)")
+    if s['lr_from'] is not None:
+        s['lr_from'] = str(s['lr_from'])
+        found = lrs_from(s['lr_from'])
+        # settings that already carry the LRs read from it (`train(**settings)`) are not a second source
+        check(lo is None or (_num(lo, 'lr_min'), _num(hi, 'lr_max')) == found,
+              "give --lr-from or --lr-min/--lr-max, not both: --lr-from reads LRMIN and LRMAX from a range test's folder")
+        lo, hi = s['lr_min'], s['lr_max'] = found
     if lo is not None:
         lo, hi = s['lr_min'], s['lr_max'] = _num(lo, 'lr_min'), _num(hi, 'lr_max')
         check(lo > 0, f"--lr-min must be positive, got {lo:g}")
@@ -140,6 +152,22 @@ def train_settings(**kw) -> dict:
               f"--lr-max/--lr-min is {hi/lo:.3g}; the recipe allows at most {MAX_LR_RATIO:g} (a lower LRMIN is annihilation): raise --lr-min")
     if s['seed'] is None: s['seed'] = random.SystemRandom().randrange(2**31)  # recorded in config.json
     return s
+
+# %% ../nbs/00_core.ipynb #0c94ad7b
+LR_FILES = ('lr_find.json', 'config.json', 'study.json')  # what `lr-find`, `train` and `study` write, each with lr_min and lr_max
+
+def lrs_from(path) -> tuple:
+    "`(LRMIN, LRMAX)` recorded in `path`: a folder written by `fast_resnet lr-find`, `train` or `study` (or one of its JSON files)"
+    p = Path(path).expanduser()
+    check(p.exists(), f"--lr-from {p} does not exist: give a folder written by fast_resnet lr-find (or a run or study folder)")
+    f = next((p/n for n in LR_FILES if (p/n).is_file()), None) if p.is_dir() else p
+    check(f is not None, f"--lr-from {p} holds none of {', '.join(LR_FILES)}: give a folder written by fast_resnet lr-find")
+    try: rec = json.loads(f.read_text())
+    except (OSError, ValueError) as e: raise FastResnetError(f"--lr-from {f} cannot be read ({type(e).__name__}): give a folder written by fast_resnet lr-find") from None
+    lo, hi = (rec.get(k) if isinstance(rec, dict) else None for k in ('lr_min', 'lr_max'))
+    check(isinstance(lo, (int, float)) and isinstance(hi, (int, float)),
+          f"--lr-from {f} records no LRMIN and LRMAX (lr_min, lr_max): give a folder whose range test has finished")
+    return float(lo), float(hi)
 
 # %% ../nbs/00_core.ipynb #b7fe80ab
 def settings_diffs(stored:dict, given:dict, skip=()) -> list:
@@ -158,6 +186,50 @@ def resolve_device(device:str='auto') -> str:
     check(device != 'cuda' or torch.cuda.is_available(), "--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto")
     check(device != 'mps' or mps, "--device mps was asked for but MPS is not available: use --device cpu or auto")
     return device
+
+# %% ../nbs/00_core.ipynb #a9123061
+def device_info(device:str) -> dict:
+    "What the records say of `device` ('cpu', 'cuda', 'cuda:1', 'mps'): its kind, name and (CUDA) compute capability"
+    import platform, torch
+    kind = device.split(':')[0]
+    if kind == 'cuda':
+        d = torch.device(device)
+        major, minor = torch.cuda.get_device_capability(d)
+        return dict(device_type=kind, device_name=torch.cuda.get_device_name(d), compute_capability=f'{major}.{minor}')
+    name = 'Apple GPU (MPS)' if kind == 'mps' else f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
+    return dict(device_type=kind, device_name=name, compute_capability=None)
+
+_warned = set()  # the precision warnings said in this process: each once
+
+def resolve_precision(precision:str, device:str) -> str:
+    "The precision ('bf16', 'fp16', 'fp32') a run on `device` uses for `precision`; a choice the device cannot run is an error, one it only emulates a warning"
+    import sys, torch
+    check(precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    kind = device.split(':')[0]
+    if kind != 'cuda':  # the CPU and MPS: fp32 unless asked; both run bf16 and fp16 autocast, untuned
+        if kind == 'mps' and precision == 'bf16':
+            try: torch.ones(1, dtype=torch.bfloat16, device='mps')
+            except Exception: raise FastResnetError("--precision bf16 does not run on this Mac's MPS (it needs macOS 14): use fp16 or fp32") from None
+        return 'fp32' if precision == 'auto' else precision
+    d = torch.device(device)
+    cc, name = torch.cuda.get_device_capability(d), torch.cuda.get_device_name(d)
+    auto = 'bf16' if cc >= (8, 0) else 'fp16'  # bf16 tensor cores from Ampere (8.0) on; fp16 ones from Volta (7.0)
+    where = f"{name} (compute capability {cc[0]}.{cc[1]})"
+    if precision == 'bf16' and cc < (8, 0):
+        check(torch.cuda.is_bf16_supported(including_emulation=True), f"--precision bf16 does not run on {where}: use --precision {auto} or auto")
+        if ('bf16', where) not in _warned:
+            _warned.add(('bf16', where))
+            print(f"warning: --precision bf16 on {where} is emulated (no bf16 tensor cores): slow, and its sums less exact; "
+                  f"--precision auto would use {auto}", file=sys.stderr, flush=True)
+    check(precision != 'fp16' or cc >= (5, 3), f"--precision fp16 does not run on {where} (it needs compute capability 5.3): use fp32")
+    return auto if precision == 'auto' else precision
+
+def check_device_settings(s:dict) -> str:
+    "The device the settings `s` (from `train_settings`) run on, after refusing what it cannot run: the device, CUDA graphs, the precision"
+    dev = resolve_device(s['device'])
+    check(not s.get('cuda_graphs') or dev == 'cuda', "--cuda-graphs needs a CUDA GPU (it captures CUDA graphs): drop it, or use --compile")
+    resolve_precision(s.get('precision', 'auto'), dev)
+    return dev
 
 # %% ../nbs/00_core.ipynb #50d20e65
 def launched_world() -> int:

@@ -46,7 +46,7 @@ class Scale(nn.Module):
 
 class CustomResNet(nn.Sequential):
     "PrepLayer [c] - Layer1 [2c] with R1 - Layer2 [4c] - Layer3 [8c] with R2 - MaxPool(4) - FC [- Scale]; returns logits"
-    def __init__(self, c:int=64, n_out:int=10, fc_scale:float=1., bn_mom:float=0.1, bn_eps:float=1e-5):
+    def __init__(self, c:int=64, n_out:int=10, fc_scale:float=1., bn_mom:float=0.1, bn_eps:float=1e-5, zero_res_bn:bool=False):
         super().__init__()
         self.prep = PrepLayer(3, c)
         self.layer1 = ResLayer(c, 2*c)
@@ -58,3 +58,5 @@ class CustomResNet(nn.Sequential):
         if fc_scale != 1: self.scale = Scale(fc_scale)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d): m.momentum, m.eps = bn_mom, bn_eps
+        if zero_res_bn:  # each block's last Conv-BN-ReLU: BN's scale at 0 makes the block's output ReLU(0) = 0
+            for layer in (self.layer1, self.layer3): nn.init.zeros_(layer.res.convs[-1][1].weight)

@@ -12,8 +12,8 @@ from .core import FastResnetError, check, train_settings, resolve_device
 
 # %% auto #0
 __all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'CLASSES', 'IMG_SIZE', 'find_data', 'CifarData', 'CifarItem', 'cifar_x', 'cifar_y',
-           'read_cifar', 'make_fake_cifar', 'check_images', 'subset', 'check_data', 'holdout', 'run_data', 'check_run',
-           'check_bs', 'default_data']
+           'read_cifar', 'make_fake_cifar', 'synthetic_cifar', 'read_image', 'check_images', 'subset', 'check_data',
+           'holdout', 'run_data', 'check_run', 'check_bs', 'default_data']
 
 # %% ../nbs/01_data.ipynb #89fac64b
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the train set's published channel statistics (pixels / 255)
@@ -30,8 +30,8 @@ def find_data(data=None) -> Path:
             from fastai.data.external import untar_data, URLs
             return Path(untar_data(URLs.CIFAR))
         except Exception as e:
-            raise FastResnetError(f"could not download CIFAR-10 ({type(e).__name__}): pass --data DIR "
-                                  "with a local copy (train/<class>/*.png or cifar-10-batches-py/)") from None
+            raise FastResnetError(f"could not download CIFAR-10 ({type(e).__name__}): pass --data DIR (in Python data=DIR) "
+                                  "or set $FAST_RESNET_DATA to a local copy (train/<class>/*.png or cifar-10-batches-py/)") from None
     p = Path(data).expanduser()
     check(p.exists(), f"--data {p} does not exist: point --data at a CIFAR-10 folder (train/<class>/*.png or cifar-10-batches-py/)")
     check(p.is_dir(), f"--data {p} is a file: point --data at the CIFAR-10 folder, not a file in it")
@@ -46,7 +46,7 @@ class CifarData:
     vocab: list
     train: list = field(repr=False)
     test: list = field(repr=False)
-    checked: tuple = field(default=None, repr=False)  # the (n_train, n_test) whose images `check_data` checked
+    checked: tuple = field(default=None, repr=False)  # the (n_train, n_test, decode) whose images `check_data` checked
     eval_split: str = 'test'  # what `test` holds: the test set, or ('valid') training images held out by `holdout`
     def __repr__(self): return f"CifarData({self.layout}: {len(self.train)} train, {len(self.test)} {self.eval_split} images, {self.path})"
 
@@ -144,17 +144,43 @@ def make_fake_cifar(path, n_train:int=4, n_test:int=2, layout:str='folder', size
     with open(p/'batches.meta', 'wb') as f: pickle.dump({b'label_names': [c.encode() for c in CLASSES]}, f)
     return path
 
+# %% ../nbs/01_data.ipynb #baf6e645
+def synthetic_cifar(n_train:int=50_000, n_test:int=10_000, seed:int=0) -> CifarData:
+    "Random 32x32 images and labels in CIFAR-10's shape, made in memory: for timing without the data (there is nothing to learn)"
+    rng = np.random.default_rng(seed)
+    def items(n): return [CifarItem(x, CLASSES[y]) for x, y in zip(rng.integers(0, 256, (n, IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8),
+                                                                     rng.integers(0, len(CLASSES), n))]
+    return CifarData(Path('synthetic'), 'pickle', list(CLASSES), items(n_train), items(n_test))
+
 # %% ../nbs/01_data.ipynb #68e7177f
-def check_images(items, size:int=IMG_SIZE):
-    "Raise `FastResnetError` naming the first item that is unreadable or not `size`x`size`"
-    from PIL import Image
+from contextlib import contextmanager
+
+@contextmanager
+def _strict_pil():
+    "PIL raises on a truncated file inside, whatever `ImageFile.LOAD_TRUNCATED_IMAGES` was set to"
+    from PIL import ImageFile
+    old, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try: yield
+    finally: ImageFile.LOAD_TRUNCATED_IMAGES = old
+
+def read_image(f, size:int=IMG_SIZE, decode:bool=True):
+    "The image file `f` as a (`size`, `size`, 3) uint8 array (None without `decode`: its header alone checked), else a one-line `FastResnetError` naming it"
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with _strict_pil(), Image.open(f) as im:
+            w, h = im.size
+            a = np.asarray(im if im.mode == 'RGB' else im.convert('RGB')) if decode and (w, h) == (size, size) else None
+    except Exception as e:  # cut short, empty, not an image, a folder...: whatever PIL raises, the file is the answer
+        why = 'not an image' if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+        raise FastResnetError(f"cannot read image {f} ({why}): replace or remove it") from None
+    check((w, h) == (size, size), f"image {f} is {w}x{h}; CIFAR-10 images are {size}x{size}: remove or resize it")
+    return a
+
+def check_images(items, size:int=IMG_SIZE, decode:bool=True):
+    "Raise `FastResnetError` naming the first item that is unreadable or not `size`x`size`, decoding each (or reading its header alone)"
     for o in items:
         x = cifar_x(o)
-        if isinstance(x, np.ndarray): continue  # pickled rows were checked for shape when read
-        try:
-            with Image.open(x) as im: w, h = im.size
-        except Exception as e: raise FastResnetError(f"cannot read image {x} ({type(e).__name__}): replace or remove it") from None
-        check((w, h) == (size, size), f"image {x} is {w}x{h}; CIFAR-10 images are {size}x{size}: remove or resize it")
+        if not isinstance(x, np.ndarray): read_image(x, size, decode)  # pickled rows were checked for shape when read
 
 # %% ../nbs/01_data.ipynb #17882728
 def subset(items, n=None, seed:int=0):
@@ -163,11 +189,11 @@ def subset(items, n=None, seed:int=0):
     idx = np.sort(np.random.RandomState(seed).permutation(len(items))[:n])
     return [items[i] for i in idx]
 
-def check_data(data:CifarData, n_train=None, n_test=None) -> CifarData:
-    "Check every image that a run on `n_train`/`n_test` of `data` will read; remembers that it did"
-    if data.checked != (n_train, n_test):
-        check_images(subset(data.train, n_train) + subset(data.test, n_test))
-        data.checked = (n_train, n_test)
+def check_data(data:CifarData, n_train=None, n_test=None, decode:bool=True) -> CifarData:
+    "Check every image that a run on `n_train`/`n_test` of `data` will read (see `check_images`); remembers that it did"
+    if data.checked not in ((n_train, n_test, decode), (n_train, n_test, True)):  # decoded: the headers were read too
+        check_images(subset(data.train, n_train) + subset(data.test, n_test), decode=decode)
+        data.checked = (n_train, n_test, decode)
     return data
 
 # %% ../nbs/01_data.ipynb #4a511d75
@@ -200,7 +226,8 @@ def check_run(**kw) -> dict:
     s = train_settings(**kw)
     resolve_device(s['device'])
     if s['data'] is not None or os.environ.get('FAST_RESNET_DATA'):
-        s['data'] = check_data(run_data(s['data'], s['valid']), s['n_train'], s['n_test'])
+        # the fast loader decodes every image before training, with the same errors: its headers are enough here
+        s['data'] = check_data(run_data(s['data'], s['valid']), s['n_train'], s['n_test'], decode=s['loader'] != 'fast')
     return s
 
 def check_bs(bs:int, n:int):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06b_distributed.ipynb #a1fa7c33
 from __future__ import annotations
-import atexit, os, traceback
+import atexit, os, signal, traceback
 from contextlib import contextmanager
 from datetime import timedelta
 import torch
@@ -18,7 +18,8 @@ except (ImportError, NameError): DistributedTrainer = Callback  # without it `jo
 
 # %% auto #0
 __all__ = ['DIST_TIMEOUT', 'FAULT', 'dist_timeout', 'launched', 'join', 'alone', 'world', 'rank', 'backend', 'broadcast',
-           'from_rank0', 'all_gather', 'any_rank', 'unwrap', 'revert_sync_bn', 'DDPTrainer', 'ProcessFailed', 'failure']
+           'from_rank0', 'all_gather', 'any_rank', 'unwrap', 'revert_sync_bn', 'DDPTrainer', 'ProcessFailed',
+           'LauncherStopped', 'failure']
 
 # %% ../nbs/06b_distributed.ipynb #6bd3347f
 DIST_TIMEOUT = 300.  # seconds one process waits for the others in a collective before it fails
@@ -49,7 +50,13 @@ def join(device:str='auto') -> str:
                                               "pip install 'fast_resnet[distributed]'") from None
     dev = resolve_device(str(device or 'auto').lower())
     check(dev != 'mps', "--device mps runs in one process only: start it without a launcher")
-    if not _group(): atexit.register(_leave)  # the first time
+    # NCCL's watchdog: abort the communicators of a collective that timed out, so that the blocked call raises here and
+    # the process says what happened, rather than tearing the process down mid-call (torch's default)
+    os.environ.setdefault('TORCH_NCCL_ASYNC_ERROR_HANDLING', '2')
+    if not _group():  # the first time
+        atexit.register(_leave)
+        try: signal.signal(signal.SIGTERM, _stopped_by_launcher)
+        except ValueError: pass  # not the main thread (a notebook's helper thread): the launcher's SIGTERM ends it as before
     st = PartialState(cpu=dev == 'cpu', timeout=timedelta(seconds=dist_timeout()))
     check(st.num_processes == launched_world(), f"{launched_world()} processes were launched but {st.num_processes} joined: "
                                                 "start them with torchrun or accelerate launch --multi_gpu")
@@ -174,9 +181,12 @@ class DDPTrainer(DistributedTrainer):
             for b in self.learn.model.buffers(): dist.broadcast(b, 0)
     def after_validate(self):
         rec, dev = self.learn.recorder, next(self.learn.model.parameters()).device
-        t = torch.stack([rec._sums.get(k, torch.zeros(3, device=dev)).float() for k in ('train', 'test')])
+        t = torch.stack([torch.cat([rec._sums.get(k, torch.zeros(2, device=dev)).float(),
+                                    torch.full((1,), float(rec._counts.get(k, 0)), device=dev)]) for k in ('train', 'test')])
         dist.all_reduce(t)  # (loss sum, correct, count) of both phases, over all processes
-        rec._sums = {k: t[i] for i, k in enumerate(('train', 'test')) if t[i, 2] > 0}
+        n = t[:, 2].tolist()  # the epoch's one more read: how many items the processes scored together
+        rec._sums = {k: t[i, :2] for i, k in enumerate(('train', 'test')) if n[i] > 0}
+        rec._counts = {k: int(n[i]) for i, k in enumerate(('train', 'test')) if n[i] > 0}
 
     def after_fit(self):
         self.learn.model = revert_sync_bn(self.ddp.module) if self.sync_bn else self.ddp.module
@@ -188,12 +198,26 @@ class ProcessFailed(FastResnetError):
     "A process of a data-parallel run failed, or stopped because another one did; the run folder keeps the finished epochs"
     exit_code = 1
 
+class LauncherStopped(BaseException):
+    "The launcher (torchrun, accelerate launch) sent SIGTERM: it stops every process once one of them has failed"
+
+def _stopped_by_launcher(signum, frame): raise LauncherStopped()
+
+# how a collective says that another process failed, died or hung: gloo's errors name their source file; NCCL's
+# watchdog, its communicator and its transport errors say NCCL
+_OTHERS = ('/gloo/', 'Watchdog caught collective operation timeout', 'NCCL communicator was aborted', 'ProcessGroupNCCL',
+           'NCCL error', 'ncclRemoteError', 'ncclSystemError', 'Connection reset by peer', 'Broken pipe')
+
 def failure(e:BaseException, out, epochs:int) -> ProcessFailed:
     "This process's one-line error for the exception `e` that ended its part of a data-parallel run"
     keep = f"{out} keeps {epochs} finished epoch{'s' * (epochs != 1)}: --resume continues it"
-    if isinstance(e, dist.DistError) or '/gloo/' in str(e):  # a collective broke (gloo's say where in gloo): another process went first
-        return ProcessFailed(f"rank {rank()} of {world()} stopped: another process of the run failed or was killed "
-                             f"({type(e).__name__}); {keep}")
+    if isinstance(e, LauncherStopped):
+        return ProcessFailed(f"rank {rank()} of {world()} stopped: the launcher sent SIGTERM (another process failed, or the launch "
+                             f"was stopped); {keep}")
+    if isinstance(e, dist.DistError) or any(s in str(e) for s in _OTHERS):  # a collective broke: another process went first
+        what = 'timed out waiting for it in a collective (NCCL watchdog)' if 'Watchdog' in str(e) or 'timed out' in str(e).lower() else type(e).__name__
+        return ProcessFailed(f"rank {rank()} of {world()} stopped: another process of the run failed, was killed or hung "
+                             f"({what}); {keep}")
     traceback.print_exception(e)
     msg = ' '.join(str(e).split())  # one line, with fastai's note of the callback that raised it
     return ProcessFailed(f"rank {rank()} of {world()} failed: {type(e).__name__}: {msg[:300]}; {keep}")

@@ -22,16 +22,9 @@ __all__ = ['CACHE_VERSION', 'cache_folder', 'data_fingerprint', 'decode_cifar', 
 
 # %% ../nbs/01b_fast_data.ipynb #6e12366c
 def _decode_files(files) -> np.ndarray:
-    "The images `files` as one (n, 32, 32, 3) uint8 array, or a `FastResnetError` naming the first bad one"
-    from PIL import Image
+    "The images `files` as one (n, 32, 32, 3) uint8 array, or a `FastResnetError` naming the first bad one (see `read_image`)"
     out = np.empty((len(files), IMG_SIZE, IMG_SIZE, 3), np.uint8)
-    for i, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                w, h = im.size
-                if (w, h) == (IMG_SIZE, IMG_SIZE): out[i] = np.asarray(im if im.mode == 'RGB' else im.convert('RGB'))
-        except Exception as e: raise FastResnetError(f"cannot read image {f} ({type(e).__name__}): replace or remove it") from None
-        check((w, h) == (IMG_SIZE, IMG_SIZE), f"image {f} is {w}x{h}; CIFAR-10 images are {IMG_SIZE}x{IMG_SIZE}: remove or resize it")
+    for i, f in enumerate(files): out[i] = read_image(f)
     return out
 
 # %% ../nbs/01b_fast_data.ipynb #d5d768c0
@@ -142,7 +135,9 @@ class RandCropFlip(Transform):
         super().__init__()
         check(pad_mode in PAD_MODES, f"--pad-mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
         store_attr('pad,pad_mode,p'); self.generator, self.part = None, None
-    def encodes(self, x:TensorImage):
+    def encodes(self, x:TensorImage): return self.apply(x)
+    def apply(self, x):
+        "Crop and flip the batch `x` (n, c, h, w), whatever its tensor type"
         n, dev, g = x.shape[0], x.device, self.generator
         if g is not None and g.device != dev: g = None  # a generator for another device cannot draw here
         lo, hi, total = getattr(self, 'part', None) or (0, n, n)  # this process's rows lo:hi of a global batch of `total`
@@ -209,10 +204,34 @@ class DeviceDL(TfmdDL):
         else:
             lo, hi = self._own()
             spans = [(s, min(s + b, hi)) for s in range(lo, hi, b)]
+        plain = None if self._typed else self._plain_tfms()
         for s, e in spans:
             j = idxs[s:e]
-            yield self.after_batch((TensorImage(self.xs[j]), TensorCategory(self.ys[j])))
+            if plain is None: yield self.after_batch((TensorImage(self.xs[j]), TensorCategory(self.ys[j])))
+            else:
+                x = self.xs[j]
+                for f in plain: x = f(x)
+                yield x, self.ys[j]
         self.after_iter()
+
+    _typed = False  # `one_batch` sets it: fastai's types, for showing and decoding
+
+    def one_batch(self):
+        "A batch with fastai's types (`TensorImage`, `TensorCategory`) from fastai's pipeline: what `show_batch`, `summary` and decoding need"
+        self._typed = True
+        try: return super().one_batch()
+        finally: self._typed = False
+
+    def _plain_tfms(self):
+        "The batch transforms of this split as plain functions of plain tensors, in order; None if one of them has no plain form"
+        fs, split = [], self.after_batch.split_idx
+        for t in self.after_batch.fs:
+            if t.split_idx is not None and t.split_idx != split: continue  # e.g. the augmentation, on the test set
+            if isinstance(t, (RandCropFlip, Cutout)): fs.append(t.apply)
+            elif isinstance(t, IntToFloatTensor): fs.append(lambda x, d=t.div: x.float().div_(d))
+            elif isinstance(t, Normalize): fs.append(lambda x, t=t: (x - t.mean) / t.std)
+            else: return None  # a transform added by hand: fastai's typed pipeline runs it
+        return fs
 
     def new(self, dataset=None, cls=None, **kwargs):
         if self.xs is not None and (dataset is None or dataset is self.dataset) and cls in (None, type(self)):

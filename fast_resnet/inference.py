@@ -53,7 +53,7 @@ def predict(learn, images) -> list:
     "`(class, confidence)` for each image file in `images`"
     files = [Path(f) for f in images]
     for f in files: check(f.exists(), f"no image at {f}: give existing image files")
-    check_images(files)
+    check_images(files)  # each decoded: a file cut short is one line here, not a traceback from fastai's loader
     dl = learn.dls.test_dl(files)
     with learn.no_bar(): probs, _ = learn.get_preds(dl=dl)
     conf, idx = probs.max(1)

@@ -7,18 +7,24 @@ from __future__ import annotations
 import sys, time
 from pathlib import Path
 import torch
+import torch.nn.functional as F
+from torch import nn
 from .core import *
 from .data import *
 from .augment import *
 from .custom_resnet import CustomResNet
 from .levers import *
+from .precision import DeviceMixedPrecision
+import numpy as np
 from fastai.vision.all import (Learner, Recorder, ProgressCallback, TrainEvalCallback, Callback, CrossEntropyLossFlat,
-                               L, noop, AMPMode, ChannelsLast, MixedPrecision, CastToTensor)
+                               L, noop, ChannelsLast, CastToTensor, ParamScheduler, OptimWrapper, event)
+from fastai.callback.core import _inner_loop
 from fastprogress.fastprogress import format_time
 from fastcore.imports import IN_NOTEBOOK
 
 # %% auto #0
-__all__ = ['DeviceSmoothLoss', 'EpochRecorder', 'BarProgress', 'EpochLine', 'progress_cb', 'Compiled', 'cifar_learner']
+__all__ = ['DeviceSmoothLoss', 'EpochRecorder', 'BarProgress', 'EpochLine', 'progress_cb', 'OneSchedule', 'CrossEntropy',
+           'CifarLearner', 'Compiled', 'cifar_learner', 'learner_kwargs', 'set_cudnn']
 
 # %% ../nbs/04_learner.ipynb #5cbc0c28
 class DeviceSmoothLoss:
@@ -44,27 +50,28 @@ class EpochRecorder(Recorder):
         self.metric_names, self.rows = L('epoch', *self.names, 'time'), []
     def before_epoch(self):
         super().before_epoch()
-        self._sums, self.trained_epoch = {}, False
+        self._sums, self._counts, self.trained_epoch = {}, {}, False
     def after_batch(self):
         if len(self.yb) == 0: return
         with torch.no_grad():
             pred, y = self.learn.pred.detach(), self.learn.yb[0]
             n, l = y.numel(), self.learn.loss.detach().float()
-            s = torch.stack([l.sum() if l.ndim else l * n, (pred.argmax(-1) == y).sum().float(),  # per-item loss in get_preds
-                             torch.full((), float(n), device=y.device)])  # made on the device: no copy from the host
+            s = torch.stack([l.sum() if l.ndim else l * n, (pred.argmax(-1) == y).sum().float()])  # per-item loss in get_preds
         k = 'train' if self.training else 'test'
         self._sums[k] = s if k not in self._sums else self._sums[k] + s
+        self._counts[k] = self._counts.get(k, 0) + n  # counted on the host, which knows it
         if not self.training: return
         self.smooth_loss.accumulate(self.learn)  # lr_find and the bars use the smoothed loss
-        self.lrs.append(self.opt.hypers[-1]['lr'])
+        sched = getattr(self.learn, 'param_scheduler', None)  # the LR it just set, without building fastai's `opt.hypers`
+        self.lrs.append(sched._vals['lr'][-1] if isinstance(sched, OneSchedule) and 'lr' in sched._vals else self.opt.hypers[-1]['lr'])
         self.losses.append(self.smooth_loss.value)
         self.learn.smooth_loss = self.smooth_loss.value
     def after_train(self): pass
     def after_validate(self): pass
     def _means(self, k):
         if k not in self._sums: return [None, None]
-        loss, correct, n = self._sums[k].tolist()  # the one read from the device per epoch and split
-        return [loss / n, correct / n]
+        loss, correct = self._sums[k].tolist()  # the one read from the device per epoch and split
+        return [loss / self._counts[k], correct / self._counts[k]]
     def after_epoch(self):
         if not self._sums: return  # an epoch skipped on resume: nothing ran
         trained = self.trained_epoch = 'train' in self._sums
@@ -83,13 +90,14 @@ class EpochRecorder(Recorder):
 
 # %% ../nbs/04_learner.ipynb #219814b3
 class BarProgress(ProgressCallback):
-    "fastai's progress bars, reading the smoothed loss for the bar's comment only every `every` batches"
+    "fastai's progress bars, reading the smoothed loss for the bar's comment only every `every` batches (and each batch of a range test, which reads it anyway)"
     name = 'progress'  # so `learn.no_bar()` finds it
-    def __init__(self, every:int=25): self.every = every
+    def __init__(self, every:int=64): self.every = every
     def after_batch(self):
         self.pbar.update(self.iter + 1)
-        if self.training and (self.iter + 1) % self.every == 0 and hasattr(self, 'smooth_loss'):
-            self.pbar.comment = f'{float(self.smooth_loss):.4f}'
+        if not self.training or not hasattr(self, 'smooth_loss'): return
+        if hasattr(self.learn, 'lr_finder'): self.pbar.comment = f"LR {self.opt.hypers[-1]['lr']:.2e}, loss {float(self.smooth_loss):.3f}"
+        elif (self.iter + 1) % self.every == 0: self.pbar.comment = f'{float(self.smooth_loss):.4f}'
 
 def _fmt(v): return '-' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
 
@@ -108,30 +116,137 @@ def progress_cb():
     "Progress bars in a notebook or terminal, plain lines otherwise"
     return BarProgress() if IN_NOTEBOOK or sys.stdout.isatty() else EpochLine()
 
+# %% ../nbs/04_learner.ipynb #1e89d519
+def _hyper_setter(opt):
+    "A function `set(name, values)` giving each parameter group its value of the hyper-parameter `name` as fastai's `set_hyper` would, without its per-call overhead; None where only `set_hyper` knows how"
+    if isinstance(opt, OptimWrapper):
+        groups = opt.opt.param_groups
+        def set_(n, vs):
+            k = opt.bwd_map.get(n, n)
+            if '__' in k: return False  # a tuple entry (Adam's betas): fastai's way
+            for g, v in zip(groups, vs): g[k] = v
+            return True
+        return set_
+    def set_(n, vs):
+        for h, v in zip(opt.hypers, vs): h[n] = v
+        return True
+    return set_
+
+class OneSchedule(ParamScheduler):
+    "fastai's `ParamScheduler` with every batch's values computed once, when the fit starts, exactly as fastai computes them batch by batch: a list lookup per batch"
+    name = 'param_scheduler'  # fastai's name for it
+    def before_fit(self):
+        super().before_fit()
+        # TrainEvalCallback sets pct_train to epoch / n_epoch when an epoch starts, then adds 1 / (n_iter * n_epoch) per batch
+        n_iter, n = len(self.dls.train), len(self.opt.param_groups if isinstance(self.opt, OptimWrapper) else self.opt.hypers)
+        step, self.table = 1. / (n_iter * self.n_epoch), {}
+        for e in range(self.n_epoch):
+            pct = e / self.n_epoch
+            for i in range(n_iter):
+                self.table[e, i] = {k: [float(v) for v in np.broadcast_to(f(pct), (n,))] for k, f in self.scheds.items()}
+                pct += step
+        self._set = _hyper_setter(self.opt)
+    def before_batch(self):
+        vals = self.table.get((self.epoch, self.iter)) or {k: f(self.pct_train) for k, f in self.scheds.items()}
+        for k, vs in vals.items():
+            if not self._set(k, vs): self.opt.set_hyper(k, vs)
+        self._vals = vals
+    def after_batch(self):
+        for k in self.scheds: self.hps[k].append(self._vals[k][-1])
+
+class CrossEntropy(nn.Module):
+    "fastai's `CrossEntropyLossFlat` on plain tensors: the same loss (with `label_smoothing`), softmax activation and argmax decoding; fastai's wraps its inputs in its tensor subclass, so every operation on the loss, its backward included, costs the host a Python call"
+    y_int = True  # fastai: the targets are class indices
+    def __init__(self, label_smoothing:float=0., reduction:str='mean'):
+        super().__init__()
+        self.label_smoothing, self.reduction = label_smoothing, reduction  # `get_preds(with_loss=True)` sets reduction 'none'
+    def forward(self, inp, targ):
+        return F.cross_entropy(inp.view(-1, inp.shape[-1]), targ.view(-1), reduction=self.reduction, label_smoothing=self.label_smoothing)
+    def activation(self, x): return F.softmax(x, dim=-1)
+    def decodes(self, x): return x.argmax(dim=-1)
+
+class CifarLearner(Learner):
+    "fastai's `Learner`, with what it does for every batch made cheaper for the host: each event's callbacks looked up once, a batch already on the model's device left as it is, and `fit_one_cycle`'s schedule computed once an epoch (`OneSchedule`)"
+    def __call__(self, event_name):
+        if isinstance(event_name, str): self._call_one(event_name)
+        else:
+            for e in event_name: self._call_one(e)
+    def _call_one(self, event_name):
+        key = tuple(map(id, self.cbs))
+        if getattr(self, '_cb_key', None) != key: self._cb_key, self._event_cbs = key, {}
+        cbs = self._event_cbs.get(event_name)
+        if cbs is None:
+            if not hasattr(event, event_name): raise Exception(f'missing {event_name}')
+            cbs = list(self.cbs.sorted('order'))
+            # a callback without this batch event would only look it up and find nothing (other events reset its `run`)
+            if event_name in _inner_loop: cbs = [cb for cb in cbs if hasattr(type(cb), event_name) or event_name in vars(cb)]
+            self._event_cbs[event_name] = cbs
+        for cb in cbs: cb(event_name)
+    def _set_device(self, b):
+        dev = next(self.model.parameters()).device
+        if all(not isinstance(o, torch.Tensor) or o.device == dev for o in b): return b  # the fast loader's batches are there already
+        return super()._set_device(b)
+    def fit(self, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0):
+        cbs = [OneSchedule(cb.scheds) if type(cb) is ParamScheduler else cb for cb in L(cbs)]
+        return super().fit(n_epoch, lr=lr, wd=wd, cbs=cbs, reset_opt=reset_opt, start_epoch=start_epoch)
+
 # %% ../nbs/04_learner.ipynb #ff09b947
 class Compiled(torch.nn.Module):
-    "`torch.compile(module)` called on plain tensors (the compiler does not trace fastai's tensor subclasses)"
+    "`torch.compile(module)` for the training step: one graph, for the training batches (all of one size); evaluation and any other batch size run `module` itself"
     def __init__(self, module, **kwargs):
         super().__init__()
-        self.compiled = torch.compile(module, **kwargs)
+        # dynamic=False: one graph for one shape. Eager evaluation keeps the last partial test batch and `predict`'s
+        # sizes from compiling graph after graph (and from hitting torch's recompile limit); it is a small part of a run.
+        self.compiled = torch.compile(module, dynamic=False, **kwargs)
+        self.bs = None  # the training batch size, from the first training batch
     @property
     def module(self): return self.compiled._orig_mod  # the uncompiled model, for export and state dicts
-    def forward(self, *xs): return self.compiled(*(x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x for x in xs))
+    def forward(self, *xs):
+        xs = tuple(x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x for x in xs)  # dynamo traces plain tensors
+        if self.training and self.bs in (None, xs[0].shape[0]):
+            self.bs = xs[0].shape[0]
+            return self.compiled(*xs)
+        return self.module(*xs)
+    # the state is the model's own, under its own names: checkpoints and `load` see the plain model
+    def state_dict(self, *args, **kwargs): return self.module.state_dict(*args, **kwargs)
+    def load_state_dict(self, sd, *args, **kwargs): return self.module.load_state_dict(sd, *args, **kwargs)
 
 def cifar_learner(dls, c:int=64, opt:str=DEFAULTS['opt'], wd:float=None, path='.', cbs=None, mom=DEFAULTS['mom'],
                   wd_bn_bias:bool=False, label_smoothing:float=0., fc_scale:float=DEFAULTS['fc_scale'],
-                  bn_mom:float=0.1, bn_eps:float=1e-5, compile:bool=False):
+                  bn_mom:float=0.1, bn_eps:float=1e-5, zero_res_bn:bool=False, bias_lr:float=1., precision:str='auto',
+                  compile:bool=False, cuda_graphs:bool=False):
     "A `Learner` for `CustomResNet(c)` on `dls`, with cross-entropy loss, writing under `path`; the defaults are `train`'s"
     wd = WD[opt] if wd is None else wd
-    model = CustomResNet(c, len(dls.vocab), fc_scale=fc_scale, bn_mom=bn_mom, bn_eps=bn_eps)
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=label_smoothing),
-                    opt_func=opt_func(opt, wd, wd_bn_bias),
+    dev = torch.device(dls.device if dls.device is not None else 'cpu')
+    precision = resolve_precision(precision, str(dev))
+    # on its device before the optimizer is made: a fused optimizer is made for its parameters' device
+    model = CustomResNet(c, len(dls.vocab), fc_scale=fc_scale, bn_mom=bn_mom, bn_eps=bn_eps, zero_res_bn=zero_res_bn).to(dev)
+    # fused SGD on CUDA (one kernel for every parameter: less for the host to queue) and wherever fp16 runs, whose
+    # gradient scaler then skips an overflowing step inside it, with nothing read from the device
+    fused = True if dev.type == 'cuda' or precision == 'fp16' else None
+    learn = CifarLearner(dls, model, loss_func=CrossEntropy(label_smoothing=label_smoothing),
+                    opt_func=opt_func(opt, wd, wd_bn_bias, bias_lr, fused=fused),
                     wd=None if opt == 'nesterov' else wd,  # nesterov_sgd sets its decay per parameter group itself
                     moms=(0.95, 0.85, 0.95) if mom == 'cycle' else (mom,) * 3,  # what fit_one_cycle schedules
                     wd_bn_bias=wd_bn_bias, path=path, default_cbs=False,
                     # fastai's default CastToTensor: the model sees plain tensors, so `predict` returns no `TensorImage`
                     cbs=[TrainEvalCallback(), CastToTensor(), EpochRecorder(), progress_cb()] + L(cbs))
-    learn.add_cb(ChannelsLast())
-    if dls.device is not None and torch.device(dls.device).type == 'cuda': learn.add_cb(MixedPrecision(amp_mode=AMPMode.BF16))
-    if compile: learn.model = Compiled(learn.model)
+    learn.precision = precision
+    # channels-last: cuDNN's fast layout, and faster on the CPU too (0.28 -> 0.17 s a step at width 16); not on MPS,
+    # where channels-last convolutions have been slow and wrong in released torch versions
+    if dev.type in ('cuda', 'cpu'): learn.add_cb(ChannelsLast())
+    if precision != 'fp32': learn.add_cb(DeviceMixedPrecision(precision))
+    check(not cuda_graphs or dev.type == 'cuda', "--cuda-graphs needs a CUDA GPU (it captures CUDA graphs): drop it, or use --compile")
+    if compile or cuda_graphs: learn.model = Compiled(learn.model, **(dict(mode='reduce-overhead') if cuda_graphs else {}))
     return learn
+def learner_kwargs(s:dict) -> dict:
+    "The arguments of `cifar_learner` from a run's settings `s` (`train_settings`, with `precision_used` once known)"
+    return dict(c=s['width'], opt=s['opt'], wd=s['wd'], mom=s['mom'], wd_bn_bias=s['wd_bn_bias'], label_smoothing=s['label_smoothing'],
+                fc_scale=s['fc_scale'], bn_mom=s['bn_mom'], bn_eps=s['bn_eps'], zero_res_bn=s['zero_res_bn'], bias_lr=s['bias_lr'],
+                precision=s.get('precision_used', s['precision']), compile=s['compile'], cuda_graphs=s['cuda_graphs'])
+
+def set_cudnn(device, deterministic:bool=False):
+    "cuDNN's autotuner on for CUDA runs (it picks the fastest convolution for each shape), off where a run asks to be `deterministic`"
+    if torch.device(device).type != 'cuda': return
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic

@@ -5,44 +5,67 @@
 # %% ../nbs/03a_levers.ipynb #f48cd73a
 from __future__ import annotations
 from functools import partial
+import copy
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from fastai.vision.all import SGD, Adam, OptimWrapper, Callback, L
 from .core import OPTIMIZERS, check
 
 # %% auto #0
-__all__ = ['nesterov_sgd', 'opt_func', 'WeightEMA', 'FlipInput', 'flip_tta']
+__all__ = ['ScaledSGD', 'nesterov_sgd', 'opt_func', 'WeightEMA', 'FlipInput', 'flip_tta']
 
 # %% ../nbs/03a_levers.ipynb #643ab3ba
-def nesterov_sgd(params, lr:float, mom:float=0.9, wd:float=0., wd_bn_bias:bool=False):
-    "PyTorch's SGD with Nesterov momentum and L2 weight decay `wd` (not on 1-D parameters unless `wd_bn_bias`), for fastai"
-    ps = [p for g in L(params) for p in L(g)]
-    decay = [p for p in ps if wd_bn_bias or p.ndim > 1]
-    no_decay = [p for p in ps if not (wd_bn_bias or p.ndim > 1)]
-    groups = [dict(params=decay, weight_decay=wd)] + ([dict(params=no_decay, weight_decay=0.)] if no_decay else [])
-    return OptimWrapper(opt=torch.optim.SGD(groups, lr=lr, momentum=mom, nesterov=True))
+class ScaledSGD(torch.optim.SGD):
+    "PyTorch's SGD in which a parameter group's `lr_scale` multiplies the LR that fastai's scheduler sets for it"
+    def step(self, closure=None):
+        if not getattr(self, '_buffers_made', False):
+            # Momentum starts at zero, made here: the fused step makes it uninitialised (`empty_like`) if the first step is
+            # skipped (fp16 gradients that overflow), and then reads that garbage as momentum. buf = 0.9 * 0 + g = g, exactly
+            # what the first step sets otherwise.
+            for g in self.param_groups:
+                for p in g['params']:
+                    if g['momentum'] and 'momentum_buffer' not in self.state[p]: self.state[p]['momentum_buffer'] = torch.zeros_like(p)
+            self._buffers_made = True
+        lrs = [g['lr'] for g in self.param_groups]
+        for g in self.param_groups: g['lr'] = g['lr'] * g.get('lr_scale', 1.)
+        try: return super().step(closure)
+        finally:
+            for g, lr in zip(self.param_groups, lrs): g['lr'] = lr
 
-def opt_func(opt:str='sgd', wd:float=0., wd_bn_bias:bool=False):
-    "The fastai optimizer function for 'sgd' (L2 decay), 'nesterov' (L2 decay) or 'adam' (decoupled decay, i.e. AdamW)"
+def nesterov_sgd(params, lr:float, mom:float=0.9, wd:float=0., wd_bn_bias:bool=False, bias_lr:float=1., fused=None):
+    "PyTorch's SGD with Nesterov momentum, L2 weight decay `wd` (not on 1-D parameters unless `wd_bn_bias`) and `bias_lr` times the LR on them, for fastai"
+    ps = [p for g in L(params) for p in L(g)]
+    weights, rest = [p for p in ps if p.ndim > 1], [p for p in ps if p.ndim <= 1]  # BatchNorm's weights and biases, the FC bias
+    groups = [dict(params=weights, weight_decay=wd)] + ([dict(params=rest, weight_decay=wd if wd_bn_bias else 0., lr_scale=bias_lr)] if rest else [])
+    return OptimWrapper(opt=ScaledSGD(groups, lr=lr, momentum=mom, nesterov=True, fused=fused))
+
+def opt_func(opt:str='sgd', wd:float=0., wd_bn_bias:bool=False, bias_lr:float=1., fused=None):
+    "The fastai optimizer function for 'sgd' (L2 decay), 'nesterov' (L2 decay; `fused` kernels where asked) or 'adam' (decoupled decay, i.e. AdamW)"
     check(opt in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {opt!r}")
-    if opt == 'nesterov': return partial(nesterov_sgd, wd=wd, wd_bn_bias=wd_bn_bias)
+    check(bias_lr == 1 or opt == 'nesterov', f"--bias-lr applies to --opt nesterov only (got --opt {opt}): drop --bias-lr")
+    if opt == 'nesterov': return partial(nesterov_sgd, wd=wd, wd_bn_bias=wd_bn_bias, bias_lr=bias_lr, fused=fused)
     return partial(SGD, mom=0.9, decouple_wd=False) if opt == 'sgd' else Adam
 
 # %% ../nbs/03a_levers.ipynb #7e03fc5f
 class WeightEMA(Callback):
-    "Keep an exponential moving average of the weights with decay `decay` per batch; score with it, and leave it in the model after the fit"
+    "Keep an exponential moving average of the weights and BatchNorm statistics with decay `decay` per batch; score with it, and leave it in the model after the fit"
     order = 5  # after ChannelsLast (-1) has converted the model: the average is a copy of it
     def __init__(self, decay:float=0.99): self.decay, self.averaged, self._pending = decay, None, None
     def before_fit(self):
         if self.averaged is None:
-            self.averaged = AveragedModel(self.learn.model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+            self.averaged = copy.deepcopy(self.learn.model).eval().requires_grad_(False)
             if self._pending is not None: self.averaged.load_state_dict(self._pending)
-    def after_step(self): self.averaged.update_parameters(self.learn.model)
+        # the floating-point tensors of both, in the same order: one fused update of all of them per step
+        floats = lambda m: [t for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+        self._live, self._avg = floats(self.learn.model), floats(self.averaged)
+    def after_step(self):
+        # avg <- decay * avg + (1 - decay) * live, on the device, with the weight a plain number: nothing to copy or wait for
+        with torch.no_grad(): torch._foreach_lerp_(self._avg, [t.detach() for t in self._live], 1 - self.decay)
     def before_validate(self):
-        self._live, self.learn.model = self.learn.model, self.averaged.module
-        self.learn.model.eval()  # TrainEvalCallback (order -10) has put the live model, not this one, in eval mode
-    def after_validate(self): self.learn.model = self._live
-    def after_fit(self): self.learn.model.load_state_dict(self.averaged.module.state_dict())
+        self._model, self.learn.model = self.learn.model, self.averaged
+        for a, b in zip(self.averaged.buffers(), self._model.buffers()):  # BatchNorm's batch counts, which are not averaged
+            if not a.is_floating_point(): a.copy_(b)
+    def after_validate(self): self.learn.model = self._model
+    def after_fit(self): self.learn.model.load_state_dict(self.averaged.state_dict())
     def state_dict(self): return None if self.averaged is None else self.averaged.state_dict()
     def load_state_dict(self, sd):
         "Continue from a saved average (applied when the fit starts, if the average does not exist yet)"

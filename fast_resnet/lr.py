@@ -7,15 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import numpy as np
 from fastai.callback.core import Callback
-from .core import MAX_LR_RATIO, LR_RULES, check, shown_once
+from .core import MAX_LR_RATIO, LR_RULES, DEFAULTS, check, shown_once
 
 # %% auto #0
-__all__ = ['RANGE_START', 'RANGE_END', 'PER_DECADE', 'smooth_losses', 'per_decade', 'range_features', 'ema_losses', 'lr_bounds',
-           'BatchLosses', 'RangeTest', 'find_lr_range', 'plot_lr_find', 'one_cycle_kwargs', 'one_cycle_lrs',
-           'plot_schedule', 'cyclic_lr', 'triangular_sched', 'plot_cyclic_lr']
+__all__ = ['RANGE_START', 'RANGE_END', 'PER_DECADE', 'MIDDLE_AT', 'LRMIN', 'LRMAX', 'smooth_losses', 'per_decade',
+           'range_features', 'ema_losses', 'lr_bounds', 'BatchLosses', 'RangeTest', 'find_lr_range', 'plot_lr_find',
+           'lr_suggestions', 'one_cycle_kwargs', 'one_cycle_lrs', 'plot_schedule', 'cyclic_lr', 'triangular_sched',
+           'plot_cyclic_lr']
 
 # %% ../nbs/03_lr.ipynb #5497bf4c
 RANGE_START, RANGE_END, PER_DECADE = 1e-5, 1e3, 15  # where the test starts, how far it may go, batches per decade
+MIDDLE_AT = 0.5  # where the 'middle' rule reads LRMAX between the steepest descent (0) and the divergence (1), in log LR
 
 def smooth_losses(losses, width:float=4.) -> np.ndarray:
     "`losses` smoothed by a centred Gaussian `width` batches wide, in log space (so a blow-up does not swamp its neighbours): no lag"
@@ -30,7 +32,7 @@ def per_decade(lrs) -> float:
     return (len(lrs) - 1) / max(np.log10(lrs[-1] / lrs[0]), 1e-12)
 
 def range_features(lrs, losses, rise:float=0.25, min_fall:float=0.05, start_frac:float=0.05, smooth:float=0.25) -> dict:
-    "The curve smoothed over `smooth` decades ('smooth') and the index of each feature present: 'fall', 'steepest', 'knee', 'minimum', 'rise'"
+    "The curve smoothed over `smooth` decades ('smooth') and the index of each feature present: 'fall', 'steepest', 'knee', 'minimum', 'rise', the floor's ends"
     lrs = np.asarray(lrs, dtype=float)
     sm = smooth_losses(losses, per_decade(lrs) * smooth)
     s0, low = sm[0], np.minimum.accumulate(sm)
@@ -43,11 +45,13 @@ def range_features(lrs, losses, rise:float=0.25, min_fall:float=0.05, start_frac
     drop = s0 - sm[m]
     f['fall'] = int(np.nonzero(sm[:m + 1] <= s0 - start_frac * drop)[0][0])
     f['knee'] = int(np.nonzero(sm[:m + 1] <= sm[m] + 0.1 * drop)[0][0])
+    floor = np.nonzero(sm[:r] <= sm[m] + 0.2 * drop)[0]  # the floor of the valley: within a fifth of the fall of its lowest point
+    f['floor_start'], f['floor_end'] = int(floor[0]), int(floor[-1])
     f['steepest'] = int(np.argmin(np.gradient(np.log(sm[:m + 1]), np.log(lrs[:m + 1])))) if m > 1 else 0
     return f
 
 # %% ../nbs/03_lr.ipynb #5ab1c2d3
-_FEATURE = dict(minimum='minimum', knee='knee', steep='steepest', valley='valley')
+_FEATURE = dict(middle='middle', minimum='minimum', floor='floor', knee='knee', steep='steepest', valley='valley')
 
 def ema_losses(losses, beta:float=0.98) -> np.ndarray:
     "fastai's smoothing of the range test's loss (`AvgSmoothLoss`: a debiased running average), which its suggestions read"
@@ -57,12 +61,15 @@ def ema_losses(losses, beta:float=0.98) -> np.ndarray:
         out.append(v / (1 - beta ** (i + 1)))
     return np.array(out)
 
-def lr_bounds(lrs, losses, rule:str='minimum', max_ratio:float=MAX_LR_RATIO) -> tuple:
-    "`(lr_min, lr_max, feature, features)` from a range test's `lrs` and per-batch `losses` by `rule` (see above)"
+def lr_bounds(lrs, losses, rule:str=DEFAULTS['lr_rule'], max_ratio:float=MAX_LR_RATIO, diverged:bool=True, stop_lr:float=None) -> tuple:
+    "`(lr_min, lr_max, feature, features)` from a range test's `lrs` and per-batch `losses` by `rule` (see above); `diverged`: the test stopped where the loss diverged, at `stop_lr` (default: its last LR)"
     check(rule in LR_RULES, f"--lr-rule must be one of {', '.join(LR_RULES)}, got {rule!r}")
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     ok = np.isfinite(losses)
-    if not ok.all(): lrs, losses = lrs[:np.argmin(ok)], losses[:np.argmin(ok)]  # stop at the first NaN/inf
+    if not ok.all():  # the loss became NaN or infinite: that is where it diverged
+        stop_lr, diverged = float(lrs[np.argmin(ok)]), True
+        lrs, losses = lrs[:np.argmin(ok)], losses[:np.argmin(ok)]
+    if stop_lr is None: stop_lr = float(lrs[-1])
     check(len(lrs) >= 8, f"the LR range test recorded {len(lrs)} finite losses, too few to read: give --lr-min and --lr-max, or raise --lr-find-iters")
     f = range_features(lrs, losses)
     where = f"between LR {lrs[0]:.2g} and {lrs[-1]:.2g}"
@@ -70,16 +77,22 @@ def lr_bounds(lrs, losses, rule:str='minimum', max_ratio:float=MAX_LR_RATIO) -> 
           f"the LR range test's loss never fell by 5% {where}: nothing to read LRMAX from; give --lr-min and --lr-max")
     check('minimum' in f, f"the LR range test's loss fell but never turned up again {where}, so it has no minimum: "
                           "give --lr-min and --lr-max, or raise --lr-find-iters")
+    feats = {k: float(lrs[v]) for k, v in f.items() if k != 'smooth'}
+    feats['floor'] = float(np.sqrt(feats['floor_start'] * feats['floor_end']))  # its centre in log LR
+    if diverged:  # the usable range: from where the loss falls fastest to where it diverges
+        feats['divergence'] = stop_lr
+        feats['middle'] = float(feats['steepest'] * (stop_lr / feats['steepest']) ** MIDDLE_AT)
+    check(rule != 'middle' or diverged, f"the LR range test reached LR {lrs[-1]:.2g} without the loss diverging, so the usable range "
+                                        "has no upper end: raise --lr-find-iters, or give --lr-min and --lr-max")
     if rule == 'valley':
         from fastai.callback.schedule import valley
         import torch
         n = len(lrs)  # as `Learner.lr_find` does: skip the smoother's warm-up and the last 5 batches
         ema = torch.tensor(ema_losses(losses)[n // 10:-5]); sl = torch.tensor(lrs[n // 10:-5])
-        lr_max = float(valley(sl, ema, n)[0])
-        f['valley'] = int(np.argmin(np.abs(np.log(lrs / lr_max))))
-    else: lr_max = float(lrs[f[_FEATURE[rule]]])
-    lr_min = min(max(lr_max / max_ratio, float(lrs[f['fall']])), lr_max / 2)
-    return lr_min, lr_max, _FEATURE[rule], {k: float(lrs[v]) for k, v in f.items() if k != 'smooth'}
+        feats['valley'] = float(valley(sl, ema, n)[0])
+    lr_max = feats[_FEATURE[rule]]
+    lr_min = min(max(lr_max / max_ratio, feats['fall']), lr_max / 2)
+    return lr_min, lr_max, _FEATURE[rule], feats
 
 # %% ../nbs/03_lr.ipynb #44e5b248
 class BatchLosses(Callback):
@@ -106,12 +119,14 @@ class RangeTest:
     end_lr: float = RANGE_END
     num_it: int = 0  # the batches the test would take to reach `end_lr`; it stops earlier where the loss diverges
     diverged: bool = False
+    batches: int = None  # the batches it ran
+    last_lr: float = None  # the LR of its last batch
 
     def record(self) -> dict:
         "What `config.json` keeps: the rule, the feature and its LR, the features, the test's range and length"
         return dict(rule=self.rule, feature=self.feature, feature_lr=self.features[self.feature], lr_min=self.lr_min,
                     lr_max=self.lr_max, features=self.features, start_lr=self.start_lr, end_lr=self.end_lr,
-                    num_it=self.num_it, iterations=len(self.lrs), last_lr=float(self.lrs[-1]),
+                    num_it=self.num_it, iterations=self.batches or len(self.lrs), last_lr=float(self.last_lr or self.lrs[-1]),
                     stopped='diverged' if self.diverged else f'reached end_lr')
 
     def plot(self, ax=None):
@@ -129,23 +144,28 @@ class RangeTest:
         f = self.features[self.feature]
         ax.plot([f], [np.interp(np.log(f), np.log(self.lrs[ok]), sm)], 'o', color='k', ms=7, mfc='none',
                 label=f'{self.feature} ({self.rule} rule) = {f:.2e}')
-        if 'rise' in self.features: ax.axvline(self.features['rise'], color='0.5', ls=':', lw=1, label=f"first rise = {self.features['rise']:.2e}")
+        if self.feature == 'middle':  # the two ends of the usable range it is the middle of
+            v = self.features['steepest']
+            ax.plot([v], [np.interp(np.log(v), np.log(self.lrs[ok]), sm)], 'v', color='0.3', ms=6, label=f'steepest descent = {v:.2e}')
+            ax.axvline(self.features['divergence'], color='0.3', ls=':', lw=1, label=f"divergence = {self.features['divergence']:.2e}")
+        elif 'rise' in self.features: ax.axvline(self.features['rise'], color='0.5', ls=':', lw=1, label=f"first rise = {self.features['rise']:.2e}")
         for v, nm, c in ((self.lr_min, 'LRMIN', 'C2'), (self.lr_max, 'LRMAX', 'C3')):
             ax.axvline(v, color=c, ls='--', label=f'{nm} = {v:.2e}')
         ax.axvspan(self.lr_min, self.lr_max, color='C1', alpha=0.1)
-        ax.set_title(f"LR range test, {len(self.lrs)} batches to {self.lrs[-1]:.2g} ({'diverged' if self.diverged else 'end of range'})")
+        ax.set_title(f"LR range test, {self.batches or len(self.lrs)} batches to {self.last_lr or self.lrs[-1]:.2g} "
+                     f"({'diverged' if self.diverged else 'end of range'})")
         ax.legend(fontsize=8)
         return shown_once(ax.figure, created)
 
     def _upto(self, sm): return max(2, int(np.searchsorted(self.lrs[:len(sm)], self.features.get('rise', self.lrs[-1]))) + 1)
 
     @classmethod
-    def read(cls, lrs, losses, rule:str='minimum', **kwargs):
+    def read(cls, lrs, losses, rule:str=DEFAULTS['lr_rule'], **kwargs):
         "The `RangeTest` of a curve (`lrs`, per-batch `losses`) read by `rule`; `kwargs`: the test's range and length"
         lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
-        return cls(lrs, losses, rule, *lr_bounds(lrs, losses, rule), **kwargs)
+        return cls(lrs, losses, rule, *lr_bounds(lrs, losses, rule, diverged=kwargs.get('diverged', True)), **kwargs)
 
-def find_lr_range(learn, rule:str='minimum', num_it:int=None, start_lr:float=RANGE_START, end_lr:float=RANGE_END) -> RangeTest:
+def find_lr_range(learn, rule:str=DEFAULTS['lr_rule'], num_it:int=None, start_lr:float=RANGE_START, end_lr:float=RANGE_END) -> RangeTest:
     "Run fastai's `lr_find` from `start_lr` towards `end_lr` (`num_it` batches; default 15 a decade) until the loss diverges, and read LRMIN/LRMAX by `rule`"
     if num_it is None: num_it = round(PER_DECADE * np.log10(end_lr / start_lr))
     cb = BatchLosses()
@@ -155,11 +175,41 @@ def find_lr_range(learn, rule:str='minimum', num_it:int=None, start_lr:float=RAN
     except OSError: pass
     losses = cb.values()
     lrs = [float(l) for l in learn.recorder.lrs[:len(losses)]]
-    return RangeTest.read(lrs, losses, rule, start_lr=start_lr, end_lr=end_lr, num_it=num_it, diverged=len(losses) < num_it)
+    return RangeTest.read(lrs, losses, rule, start_lr=start_lr, end_lr=end_lr, num_it=num_it,
+                          diverged=len(losses) < num_it or not np.isfinite(losses).all(), batches=len(losses), last_lr=lrs[-1])
 
 def plot_lr_find(test:RangeTest, ax=None):
     "`test.plot()`: the range test's curve with the rule's feature, LRMIN and LRMAX marked"
     return test.plot(ax)
+
+# %% ../nbs/03_lr.ipynb #844c1b71
+def _raw_losses(lrs, losses, num_it:int, beta:float=0.98):
+    "The per-batch losses behind the smoothed curve `learn.lr_find` hands a suggestion function, with their LRs"
+    # fastai's `AvgSmoothLoss` is a debiased running average: s_i = a_i / (1 - beta^(i+1)), a_i = beta a_(i-1) + (1 - beta) l_i,
+    # where i counts from the test's first batch and the curve it hands on starts at batch num_it // 10
+    lrs, s = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    a = s * (1 - beta ** (num_it // 10 + np.arange(len(s)) + 1))
+    return lrs[1:], (a[1:] - beta * a[:-1]) / (1 - beta)
+
+def lr_suggestions(rule:str=DEFAULTS['lr_rule']) -> tuple:
+    "fastai suggestion functions `(LRMIN, LRMAX)` that read the range test by `rule`, for `learn.lr_find(suggest_funcs=...)`"
+    def read(lrs, losses, num_it):
+        l, raw = _raw_losses(lrs, losses, num_it)
+        # fastai hands on the batches from num_it // 10 up to the last 5: a test that stopped before `num_it` batches stopped
+        # where fastai saw the loss diverge, 5 batches (of a constant ratio of LR) after the last one it hands on
+        ran = num_it // 10 + len(lrs) + 5
+        stop = float(l[-1] * (l[-1] / l[-2]) ** 5) if ran < num_it else None
+        t = RangeTest(l, raw, rule, *lr_bounds(l, raw, rule, diverged=stop is not None, stop_lr=stop))
+        pt = lambda v: (v, float(np.interp(np.log(v), np.log(np.asarray(lrs, dtype=float)), np.asarray(losses, dtype=float))))
+        return t, pt  # fastai marks each suggestion at its point on its own (smoothed) curve
+    def LRMIN(lrs, losses, num_it):
+        t, pt = read(lrs, losses, num_it); return t.lr_min, pt(t.lr_min)
+    def LRMAX(lrs, losses, num_it):
+        t, pt = read(lrs, losses, num_it); return t.lr_max, pt(t.lr_max)
+    return LRMIN, LRMAX
+
+LRMIN, LRMAX = lr_suggestions()
+
 
 # %% ../nbs/03_lr.ipynb #34d12f1a
 def one_cycle_kwargs(lr_min:float, lr_max:float, epochs:int, peak_epoch:float) -> dict:

@@ -16,14 +16,15 @@ from .fast_data import fast_dls
 from .lr import *
 from .levers import *
 from .checkpoint import *
-from .learner import cifar_learner, BarProgress, EpochLine
+from .learner import cifar_learner, learner_kwargs, set_cudnn, Compiled, BarProgress, EpochLine
 from .distributed import *
 from .inference import export
 from .report import write_report
 from fastai.vision.all import Callback, L, set_seed
 
 # %% auto #0
-__all__ = ['HISTORY_COLS', 'append_csv', 'RunLog', 'prepare_run', 'train']
+__all__ = ['HISTORY_COLS', 'RANGE_SHAPERS', 'append_csv', 'RunLog', 'run_range_test', 'run_callbacks', 'warn_lr_from',
+           'prepare_run', 'train']
 
 # %% ../nbs/06_run.ipynb #13585bda
 HISTORY_COLS = ('epoch', 'lr', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds')
@@ -71,6 +72,38 @@ def _savefig(fig, path):
     fig.savefig(path, dpi=110, bbox_inches='tight')
     plt.close(fig)
 
+# %% ../nbs/06_run.ipynb #87bfd300
+# The settings that shape the range test's curve: LRs read with other ones may not suit a run
+RANGE_SHAPERS = ('width', 'bs', 'opt', 'wd', 'mom', 'wd_bn_bias', 'label_smoothing', 'fc_scale', 'bn_mom', 'bn_eps', 'n_train',
+                 'valid', 'pad_mode', 'loader', 'lr_rule', 'lr_find_iters', 'zero_res_bn', 'bias_lr', 'precision')
+
+def run_range_test(learn, s:dict, path=None) -> RangeTest:
+    "The LR range test of a run with settings `s`: `find_lr_range` by `s['lr_rule']`, said in a line before and after; `lr_find.png` into `path`"
+    print(f"LR range test: up to {s['lr_find_iters']} batches from LR {RANGE_START:g} towards {RANGE_END:g}, until the loss "
+          f"diverges; LRMAX by the '{s['lr_rule']}' rule", flush=True)
+    t = time.perf_counter()
+    rt = find_lr_range(learn, rule=s['lr_rule'], num_it=s['lr_find_iters'])
+    print(f"LR range test: {rt.batches} batches to LR {rt.last_lr:.3g} ({'diverged' if rt.diverged else 'end of the range'}) in "
+          f"{time.perf_counter() - t:.0f} s: LRMIN {rt.lr_min:.3g}, LRMAX {rt.lr_max:.3g} (the {rt.feature} of the curve)", flush=True)
+    if path is not None: _savefig(rt.plot(), Path(path)/'lr_find.png')
+    return rt
+
+def run_callbacks(path, s:dict, n_iter:int, start:int=0, ema=None) -> tuple:
+    "`(callbacks, checkpoint, stop)`: what a run fits with (and `bench` times): the run log (rank 0), the checkpoint, the stop on divergence, `ema`"
+    stop, ck = StopOnDivergence(), Checkpoint(path)
+    return ([RunLog(path, start * n_iter)] if rank() == 0 else []) + [ck, stop] + list(L(ema)), ck, stop
+
+def warn_lr_from(s:dict):
+    "Say in one line (on stderr) which settings that shape the range test differ between this run and the test `--lr-from` read"
+    import sys
+    p = Path(s['lr_from']).expanduser()
+    f = p/'lr_find.json' if p.is_dir() else p
+    other = json.loads(f.read_text()).get('settings', {}) if f.name == 'lr_find.json' and f.exists() else {}
+    diffs = [f"{k} {other[k]!r} there, {s[k]!r} here" for k in RANGE_SHAPERS if k in other and other[k] != s[k]]
+    if diffs: print(f"warning: --lr-from {s['lr_from']} was found with other settings ({'; '.join(diffs)}): "
+                    "its LRMIN/LRMAX may not suit this run", file=sys.stderr, flush=True)
+
+
 # %% ../nbs/06_run.ipynb #868801f3
 def prepare_run(resume:bool=False, ddp:bool=False, **kw):
     "Check the settings and the data, create (or, with `resume`, reopen) the run folder and build the learner: `(settings, learn, data)`; with `ddp`, this process's part of a data-parallel run"
@@ -86,7 +119,7 @@ def prepare_run(resume:bool=False, ddp:bool=False, **kw):
             if kw.get('seed') is None: kw['seed'] = stored['seed']
             s = resume_settings(stored, train_settings(**kw))
         else: s = train_settings(**kw)  # a random seed is drawn here: rank 0's is every process's
-        resolve_device(s['device'])
+        check_device_settings(s)
         s['out'] = run_folder(s['out'], exist_ok=resume, create=False)  # a bad --out is answered before the data is read
         return {k: v for k, v in s.items() if k != 'data'}
     s = {'data': kw.get('data'), **from_rank0(checked)}
@@ -94,15 +127,16 @@ def prepare_run(resume:bool=False, ddp:bool=False, **kw):
     if ddp: from_rank0(check_parallel, s, n)
     else: dev = resolve_device(s['device'])
     data = from_rank0(run_data, s['data'], s['valid'])  # a `CifarData` that the command line already read and checked is used as it is
-    set_seed((s['seed'] + r) % 2**32, reproducible=dev == 'cpu')  # each process its own Cutout; DDP starts them all from rank 0's weights
+    set_seed((s['seed'] + r) % 2**32, reproducible=dev == 'cpu' or s['deterministic'])  # each process its own Cutout; DDP starts them all from rank 0's weights
     dl_kw = dict(bs=s['bs'], n_train=s['n_train'], n_test=s['n_test'], pad_mode=s['pad_mode'], device=dev)
     if s['loader'] == 'fast': dls = fast_dls(data, workers=s['workers'], seed=s['seed'], **dl_kw)  # workers: decoding
     else: dls = cifar_dls(data, workers=s['workers'] if s['workers'] is not None else (0 if dev == 'cpu' else None), **dl_kw)
     path = run_folder(s['out'], exist_ok=resume) if r == 0 else Path(s['out'])  # rank 0 alone writes the run folder
     s.update(out=str(path), data=str(data.path), device_used=dev.split(':')[0], n_train_used=len(dls.train_ds),
-             n_test_used=len(dls.valid_ds), scored_on=data.eval_split, world_size=n, backend=backend())
-    learn = cifar_learner(dls, c=s['width'], opt=s['opt'], wd=s['wd'], path=path, mom=s['mom'], wd_bn_bias=s['wd_bn_bias'],
-                          label_smoothing=s['label_smoothing'], fc_scale=s['fc_scale'], bn_mom=s['bn_mom'], bn_eps=s['bn_eps'])
+             n_test_used=len(dls.valid_ds), scored_on=data.eval_split, world_size=n, backend=backend(),
+             precision_used=resolve_precision(s['precision'], dev), cutout=CUTOUT, **device_info(dev))
+    set_cudnn(dev, s['deterministic'])
+    learn = cifar_learner(dls, **learner_kwargs(s), path=path)
     if r: learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, (BarProgress, EpochLine))])  # rank 0 shows the progress
     return s, learn, data
 
@@ -138,7 +172,7 @@ def _train(kw, resume, figures, ddp, on_lrs):
     import pandas as pd
     ema = WeightEMA(s['ema']) if s['ema'] else None
     if resume:
-        start = load_checkpoint(learn, path, ema=ema)
+        start = load_checkpoint(learn, path, ema=ema, seed=s['seed'])
         if r == 0:
             truncate_records(path, start, n_iter)
             cfg = json.loads((path/'config.json').read_text())  # which processes trained from which epoch
@@ -149,10 +183,11 @@ def _train(kw, resume, figures, ddp, on_lrs):
         def first():  # rank 0 by itself, as one process would: the others wait for the LRs
             with alone():
                 if s['lr_min'] is None:  # first: a curve the rule cannot read stops the run before it writes anything
-                    rt = find_lr_range(learn, rule=s['lr_rule'], num_it=s['lr_find_iters'])
+                    rt = run_range_test(learn, s, path if figures else None)
                     s.update(lr_min=rt.lr_min, lr_max=rt.lr_max, lr_source='lr_find', lr_find=rt.record())
-                    if figures: _savefig(rt.plot(), path/'lr_find.png')
-                else: s['lr_source'] = 'given'
+                else:
+                    s['lr_source'] = 'lr_from' if s['lr_from'] else 'given'
+                    if s['lr_from']: warn_lr_from(s)
                 if figures:
                     learn.dls.show_batch(max_n=25, figsize=(7, 7))
                     _savefig(plt.gcf(), path/'batch.png')
@@ -164,12 +199,12 @@ def _train(kw, resume, figures, ddp, on_lrs):
         s2, gen = from_rank0(first)
         if r: s.update(s2); learn.dls.train.generator().set_state(gen)  # the loaders go on where rank 0's range test left them
     if on_lrs is not None: on_lrs(s['lr_min'], s['lr_max'])
-    stop, ck = StopOnDivergence(), Checkpoint(path)
-    cbs = ([RunLog(path, start * n_iter)] if r == 0 else []) + [ck, stop] + L(ema)
+    cbs, ck, stop = run_callbacks(path, s, n_iter, start, ema)
     if ddp: cbs.append(DDPTrainer(s['sync_bn'], cpu=s['device_used'] == 'cpu'))
     try: learn.fit_one_cycle(s['epochs'], cbs=cbs, start_epoch=start, **one_cycle_kwargs(s['lr_min'], s['lr_max'], s['epochs'], s['peak_epoch']))
-    except Exception as e:
-        if not ddp or isinstance(e, FastResnetError): raise
+    except BaseException as e:
+        ck.wait_quietly()  # the last finished epoch reaches the disk before the error ends the run
+        if not ddp or isinstance(e, (FastResnetError, KeyboardInterrupt)): raise
         raise failure(e, path, ck.saved or start) from None
     if stop.diverged:  # in every process at once
         d = stop.diverged
@@ -182,8 +217,7 @@ def _train(kw, resume, figures, ddp, on_lrs):
                              f"test find them; " + (f"the checkpoint of epoch {d['epoch'] - 1} stays in {path}" if d['epoch'] > 1 else "no epoch finished"))
         e.quiet = r > 0
         raise e
-    sums = getattr(learn.recorder, '_sums', {})  # the last evaluation's (loss, correct, count), over all processes
-    n_scored = int(sums['test'][2]) if 'test' in sums else None
+    n_scored = getattr(learn.recorder, '_counts', {}).get('test')  # the last evaluation's count, over all processes
     def finish():  # rank 0 by itself: the scores, figures, export and records
         with alone():
             hist = pd.read_csv(path/'history.csv')
@@ -198,12 +232,15 @@ def _train(kw, resume, figures, ddp, on_lrs):
                 interp = interpret(learn)
                 _savefig(plot_misclassified(interp), path/'misclassified.png')
                 _savefig(plot_confusion(interp), path/'confusion.png')
+            if isinstance(learn.model, Compiled): learn.model = learn.model.module  # the plain network is exported
             export(learn, path)
             metrics = dict(test_acc=float(last['test_acc']), test_loss=float(last['test_loss']), train_acc=float(last['train_acc']),
                            tta_acc=tta_acc, scored_on=s['scored_on'], n_scored=n_scored or len(targs), lr_min=s['lr_min'],
                            lr_max=s['lr_max'], epochs=s['epochs'], peak_epoch=s['peak_epoch'], train_seconds=train_seconds,
                            images_per_second=s['epochs'] * s['n_train_used'] / train_seconds, device=s['device_used'],
-                           world_size=s['world_size'], seed=s['seed'])
+                           world_size=s['world_size'], seed=s['seed'], precision=s['precision_used'],
+                           skipped_steps=getattr(learn, 'skipped_steps', 0), device_name=s['device_name'],
+                           compute_capability=s['compute_capability'], checkpoint_ms=1e3 * float(np.mean(ck.blocking or [0])))
             write_report(path, {**metrics, 'complete': True})  # the write-up, from the records above
             write_json(path/'metrics.json', {**metrics, 'complete': True})  # written last: the run is complete
             return metrics

@@ -111,7 +111,7 @@ def study(seeds:int=5, # how many runs, with seeds first_seed, first_seed+1, ...
         settings['data'] = str(getattr(s['data'], 'path', s['data']))  # a `CifarData` from the command line: its folder
         res = dict(complete=False, seeds=seeds, first_seed=first_seed, scored_on='valid' if s['valid'] else 'test',
                    epochs=s['epochs'], lr_min=s['lr_min'], lr_max=s['lr_max'],
-                   lr_source='given' if s['lr_min'] is not None else None, settings=settings, runs=[])
+                   lr_source=('lr_from' if s['lr_from'] else 'given') if s['lr_min'] is not None else None, settings=settings, runs=[])
         if stored is not None: res.update(lr_min=stored['lr_min'], lr_max=stored['lr_max'], lr_source=stored['lr_source'])
         write_json(o/STUDY_FILE, res)
         missing = [sd for sd in range(first_seed, first_seed + seeds) if _finished(o/f'seed-{sd}') is None]

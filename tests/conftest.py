@@ -3,7 +3,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_DATA = ROOT.parent / 'shared' / 'data' / 'cifar10'
+# The real CIFAR-10 in the folder layout, for the tests that train on it: $FAST_RESNET_DATA, else the copy beside the
+# repository. `cli` does not pass $FAST_RESNET_DATA on: the tests name their data explicitly.
+REAL_DATA = Path(os.environ.get('FAST_RESNET_DATA') or ROOT.parent/'shared'/'data'/'cifar10').expanduser()
+NO_REAL_DATA = (f"no CIFAR-10 at {REAL_DATA}: set FAST_RESNET_DATA to a copy in the folder layout "
+                "(train/<class>/*.png and test/<class>/*.png, as fastai's untar_data(URLs.CIFAR) unpacks it)")
+
+def real_data() -> Path:
+    "REAL_DATA, or skip the test saying how to give it"
+    if not (REAL_DATA/'train').is_dir(): pytest.skip(NO_REAL_DATA)
+    return REAL_DATA
 
 # decoded images are cached here, not in the user's ~/.cache, and shared by the session's runs
 CACHE = tempfile.mkdtemp(prefix='fast_resnet-test-cache-')
@@ -33,8 +42,7 @@ def fake_data(tmp_path_factory):
 @pytest.fixture(scope='session')
 def quick_run(tmp_path_factory):
     "One real `--quick` run on the real CIFAR-10, shared by the tests that read its run folder"
-    if not REAL_DATA.is_dir(): pytest.skip(f'the real CIFAR-10 is not at {REAL_DATA}')
     out = tmp_path_factory.mktemp('runs') / 'quick'
-    r = cli('train', '--data', REAL_DATA, '--out', out, '--quick', '--seed', '0')
+    r = cli('train', '--data', real_data(), '--out', out, '--quick', '--seed', '0')
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r

@@ -70,8 +70,9 @@ def test_fit_bf16_channels_last(data, loader, tmp_path):
     assert len(seen) == 2 * len(dls.train), len(seen)
     assert all(s['device'] == DEV for s in seen), seen[0]
     assert all(s['weight_cl'] for s in seen), seen[0]  # ChannelsLast is in effect
-    if CUDA:  # bf16 autocast on CUDA only; cuDNN then computes in channels-last too
-        assert all(s['autocast'] and s['autocast_dtype'] == torch.bfloat16 and s['out_dtype'] == torch.bfloat16 for s in seen), seen[0]
+    if CUDA:  # autocast on CUDA only (precision auto): bf16 where the GPU has bf16 tensor cores, fp16 below; cuDNN then computes in channels-last too
+        half = torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16
+        assert all(s['autocast'] and s['autocast_dtype'] == half and s['out_dtype'] == half for s in seen), seen[0]
         assert all(s['out_cl'] for s in seen), seen[0]
     else: assert not any(s['autocast'] for s in seen) and seen[0]['out_dtype'] == torch.float32
     assert all(p.device.type == DEV for p in learn.model.parameters())
@@ -218,9 +219,10 @@ def _rel_diff(a:dict, b:dict) -> float:
 def _history(run):
     return [{k: float(v) for k, v in r.items() if k != 'seconds'} for r in csv.DictReader(open(run/'history.csv'))]
 
-@pytest.mark.parametrize('loader', LOADERS)
-def test_checkpoint_then_resume(data, loader, tmp_path):
-    args = ['train', '--data', data, '--loader', loader, *RESUME_ARGS]
+@pytest.mark.parametrize('loader,precision', [('fast', 'auto'), ('datablock', 'auto'), ('fast', 'fp16')])
+def test_checkpoint_then_resume(data, loader, precision, tmp_path):
+    "... and in fp16, with its gradient scaler's state saved and restored"
+    args = ['train', '--data', data, '--loader', loader, *RESUME_ARGS, '--precision', precision]
     ref, rep, out = tmp_path/'ref', tmp_path/'rep', tmp_path/'killed'
     for o in (ref, rep): ok(_py(RUNNER, *args, '--out', o, env=DET))
     r = _py(RUNNER, *args, '--out', out, env={**DET, 'FR_TEST_EXIT_AFTER_EPOCH': '2'})
@@ -228,7 +230,8 @@ def test_checkpoint_then_resume(data, loader, tmp_path):
     assert not (out/'metrics.json').exists()
     ck = torch.load(out/'checkpoint.pth', weights_only=False)
     assert ck['epoch'] == 2
-    if CUDA: assert 'cuda' in ck['rng']  # the global CUDA generator (Cutout on the fast path) is saved
+    if CUDA: assert 'cuda' in ck['rng'] and ck['device_type'] == 'cuda'  # this GPU's generator (Cutout on the fast path) is saved
+    if precision == 'fp16': assert ck['scaler'] is not None and ck['scaler']['scale'] > 0  # the scale goes on after a resume
     if loader == 'fast':
         gens = ck['rng']['generators']
         assert gens[0] is not None and gens[0].device.type == 'cpu'  # the loader's device generator, saved as a CPU state
@@ -238,7 +241,7 @@ def test_checkpoint_then_resume(data, loader, tmp_path):
     got, spread = _rel_diff(a, b), _rel_diff(c, b)
     h, hr, hc = _history(out), _history(ref), _history(rep)
     assert [x['epoch'] for x in h] == [1, 2, 3, 4] and [x['lr'] for x in h] == [x['lr'] for x in hr]  # each epoch once, same LRs
-    record(test='resume', loader=loader, resumed_vs_ref=got, repeat_vs_ref=spread, history=h, ref_history=hr, repeat_history=hc)
+    record(test='resume', loader=loader, precision=precision, resumed_vs_ref=got, repeat_vs_ref=spread, history=h, ref_history=hr, repeat_history=hc)
     if spread == 0:  # the device computes this run exactly again: resuming must too
         assert got == 0 and h == hr, (got, h, hr)
         assert (out/'lr_schedule.csv').read_text() == (ref/'lr_schedule.csv').read_text()
@@ -255,10 +258,11 @@ def test_bench_quick(data, tmp_path):
         assert b[k] is not None and b[k] > 0, (k, b[k])
     assert 0 <= b['test_acc'] <= 1
     if CUDA:
-        assert b['peak_dtype'] == 'bfloat16' and b['device_name']
+        assert b['peak_dtype'] == 'bfloat16' and b['device_name'] and b['compute_capability']
         assert b['host_syncs_per_batch'] is not None and b['host_syncs_per_batch'] >= 0  # counted with CUDA's sync debug mode
+    assert b['reads_in_step'] == 0 and b['reads_per_step'] <= 0.05, b  # on CUDA the dispatcher sees every copy to the host
     assert 'MFU' in r.stdout
-    record(test='bench', **{k: b.get(k) for k in ('device_name', 'host_syncs_per_batch', 'images_per_second', 'mfu',
+    record(test='bench', **{k: b.get(k) for k in ('device_name', 'precision', 'reads_per_step', 'reads_in_step', 'host_syncs_per_batch', 'images_per_second', 'mfu',
                                                    'overhead_vs_plain', 'speedup_vs_naive', 'compile_seconds')})
 
 def test_compile(data, tmp_path):
@@ -286,3 +290,31 @@ def test_compile(data, tmp_path):
     learn.model = learn.model.module  # as `bench` does: the exported model is the plain one
     export(learn, tmp_path/'export')
     assert (tmp_path/'export'/'model.pkl').stat().st_size > 0
+
+def test_fp16_first_steps_skipped(data, tmp_path):
+    "fp16 whose first steps overflow: they are skipped on the device (a fused SGD) and counted, and the steps after them train"
+    from fastai.vision.all import Learner
+    from fast_resnet.learner import CrossEntropy
+    from fast_resnet.custom_resnet import CustomResNet
+    from fast_resnet.levers import opt_func
+    from fast_resnet.precision import DeviceMixedPrecision
+    dls = _dls(data, 'fast')
+    torch.manual_seed(0)
+    learn = Learner(dls, CustomResNet(8), loss_func=CrossEntropy(), opt_func=opt_func('nesterov', 5e-4, fused=True), wd=None,
+                    cbs=DeviceMixedPrecision('fp16', init_scale=2.**40), path=tmp_path)
+    learn.fit(2, 1e-2)
+    record(test='fp16_skips', skipped=learn.skipped_steps, steps=2 * len(dls.train))
+    assert 1 <= learn.skipped_steps < 2 * len(dls.train)
+    assert all(p.isfinite().all() for p in learn.model.parameters())  # the momentum of a skipped first step was zero, not garbage
+
+def test_cuda_graphs(data, tmp_path):
+    "`--cuda-graphs` (torch.compile, mode reduce-overhead) trains end to end where CUDA is; elsewhere it is one line"
+    out = tmp_path/'cg'
+    r = cli('train', '--data', data, '--out', out, '--cuda-graphs', *ARGS, timeout=900)
+    if not CUDA:
+        assert r.returncode == 2 and '--cuda-graphs needs a CUDA GPU' in r.stderr
+        return
+    ok(r)
+    m = json.loads((out/'metrics.json').read_text())
+    record(test='cuda_graphs', metrics=m)
+    assert m['complete'] is True and 0 <= m['test_acc'] <= 1

@@ -233,3 +233,21 @@ def test_bad_input_said_once(data, tmp_path):
     r = launch('train', '--data', data, '--out', tmp_path/'full', *GIVEN)
     assert r.returncode != 0
     assert errors(r.stderr) == [f"error: --out {tmp_path/'full'} already holds files: name a new or empty folder"], r.stderr[-2000:]
+
+def test_sigterm_from_the_launcher(data, tmp_path):
+    "A launcher stops the processes with SIGTERM once one has failed: the process says so in one line, exits 1, keeps its epochs"
+    out = tmp_path/'term'
+    e = env(WORLD_SIZE='1', RANK='0', LOCAL_RANK='0', LOCAL_WORLD_SIZE='1', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()))
+    p = subprocess.Popen([sys.executable, '-m', 'fast_resnet', 'train', '--data', str(data), '--out', str(out), *GIVEN],
+                         cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while time.time() - t0 < 300 and p.poll() is None:  # as torchrun's agent does, after one finished epoch
+        if (out/'history.csv').exists() and len((out/'history.csv').read_text().splitlines()) >= 2: break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1, (p.returncode, err[-3000:])
+    lines = errors(err)
+    assert len(lines) == 1 and 'rank 0 of 1 stopped: the launcher sent SIGTERM' in lines[0] and '--resume continues it' in lines[0], err[-3000:]
+    assert 'Traceback' not in err
+    assert (out/'checkpoint.pth').exists() and not (out/'metrics.json').exists()

@@ -90,3 +90,41 @@ def test_divergence(tmp_path, data):
     if m['diverged']['epoch'] > 1:  # the last good epoch's checkpoint is kept
         assert torch.load(out/'checkpoint.pth', weights_only=False)['epoch'] == m['diverged']['epoch'] - 1
     assert not (out/'model.pkl').exists()
+
+def kill_when(data, out, args, ready, slow=None):
+    "Start a training run, SIGKILL it as soon as `ready(out)` is true, and return the checkpoint's epoch at that moment"
+    env = {k: v for k, v in os.environ.items() if k != 'FAST_RESNET_DATA'}
+    env.update(MPLBACKEND='Agg', FAST_RESNET_CACHE=CACHE, **({'FAST_RESNET_SLOW_WRITE': slow} if slow else {}))
+    p = subprocess.Popen([sys.executable, '-m', 'fast_resnet', 'train', '--data', str(data), '--out', str(out), *args],
+                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while time.time() - t0 < 300 and p.poll() is None and not ready(out): time.sleep(0.005)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert p.returncode == -signal.SIGKILL, "the run ended before it could be killed: make it longer"
+
+def resume_matches(data, out, args, reference):
+    r = cli('train', '--data', data, '--out', out, '--resume', *args)
+    assert r.returncode == 0, r.stderr
+    assert history(out) == history(reference) and (out/'lr_schedule.csv').read_text() == (reference/'lr_schedule.csv').read_text()
+    a, b = (torch.load(p/'model.pth') for p in (out, reference))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+def test_sigkill_during_checkpoint_write(data, reference, tmp_path):
+    "Killed while the checkpoint thread writes (its temporary file there, not yet moved over the last one): the resume is exact"
+    from fast_resnet.checkpoint import CHECKPOINT
+    out = tmp_path/'during'
+    # each write pauses 3 s with its temporary file complete but not renamed: kill in that pause, after an earlier write
+    kill_when(data, out, ARGS, lambda o: (o/CHECKPOINT).exists() and (o/(CHECKPOINT + '.tmp')).exists(), slow='3')
+    assert (out/(CHECKPOINT + '.tmp')).exists() and (out/CHECKPOINT).exists()
+    done = torch.load(out/CHECKPOINT, weights_only=False)['epoch']
+    assert len(history(out)) > done  # the run log is ahead of the checkpoint: the resume drops the extra epochs
+    resume_matches(data, out, ARGS, reference)
+
+def test_sigkill_right_after_checkpoint_write(data, reference, tmp_path):
+    "Killed the moment a checkpoint has been moved into place (the next epoch just started): the resume is exact"
+    from fast_resnet.checkpoint import CHECKPOINT
+    out = tmp_path/'after'
+    kill_when(data, out, ARGS, lambda o: (o/CHECKPOINT).exists() and not (o/(CHECKPOINT + '.tmp')).exists()
+              and torch.load(o/CHECKPOINT, weights_only=False)['epoch'] >= 2)
+    assert torch.load(out/CHECKPOINT, weights_only=False)['epoch'] >= 2
+    resume_matches(data, out, ARGS, reference)

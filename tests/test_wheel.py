@@ -2,16 +2,16 @@
 package and nothing else; the wheel installed into a fresh venv gives `import fast_resnet` and a `fast_resnet`
 command that trains on the real CIFAR-10 and predicts, from a folder far from the checkout.
 
-The venv sees this Python's packages (`--system-site-packages`): a venv of its own would copy torch (~5.5 GB,
-minutes) for nothing this test checks. The checkout's own editable install is visible there too, so the wheel is
-installed into the venv itself and every command checks that `fast_resnet` is imported from the venv, not from
-the checkout. The wheel's declared dependencies are checked against what the venv sees. Marked `wheel` (a few
-minutes on 2 CPU cores): `pytest -m "not wheel"` leaves it out locally; CI runs it.
+The venv sees the packages of the Python running the tests, in a virtualenv too (`make_venv`): a venv of its
+own would copy torch (~5.5 GB, minutes) for nothing this test checks. The wheel is installed into the venv itself
+and every command checks that `fast_resnet` is imported from the venv, not from the checkout. The wheel's declared
+dependencies are checked against what the venv sees. The README's `pip install -e .` is checked too, from beside
+the clone. Marked `wheel` (a few minutes on 2 CPU cores): `pytest -m "not wheel"` leaves it out locally; CI runs it.
 """
-import json, os, subprocess, sys, tarfile, venv, zipfile
+import json, os, site, subprocess, sys, tarfile, venv, zipfile
 from pathlib import Path
 import pytest
-from conftest import CACHE, REAL_DATA, ROOT
+from conftest import CACHE, ROOT, real_data
 
 pytestmark = pytest.mark.wheel
 
@@ -19,6 +19,18 @@ def run(*args, cwd, env=None, timeout=600):
     r = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f'{args}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}'
     return r
+
+def make_venv(path) -> Path:
+    "A venv at `path`, without pip, that sees the packages of the Python running the tests; its python"
+    # --system-site-packages would show the base Python's packages, not a virtualenv's where the tests run in one.
+    # This Python's site folders are listed in a .pth instead, after the venv's own; their .pth files are not read,
+    # so an editable install of the checkout there stays out of the venv.
+    venv.create(path, with_pip=False)
+    py = Path(path)/'bin'/'python'
+    purelib = run(py, '-c', 'import sysconfig; print(sysconfig.get_path("purelib"))', cwd=path).stdout.strip()
+    dirs = site.getsitepackages() + [site.getusersitepackages()] * bool(site.ENABLE_USER_SITE)
+    (Path(purelib)/'_tests_see.pth').write_text(''.join(f'{d}\n' for d in dirs if Path(d).is_dir()))
+    return py
 
 @pytest.fixture(scope='module')
 def dist(tmp_path_factory):
@@ -53,8 +65,7 @@ def env(dist, tmp_path_factory):
     "A fresh venv with the wheel installed, and an environment with nothing pointing at the checkout"
     whl, _ = dist
     home = tmp_path_factory.mktemp('user')
-    venv.create(home/'venv', system_site_packages=True, with_pip=False)
-    py = home/'venv'/'bin'/'python'
+    py = make_venv(home/'venv')
     run(sys.executable, '-m', 'pip', '--python', py, 'install', '-q', '--no-index', '--no-deps', '--force-reinstall', whl, cwd=home)
     e = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'FAST_RESNET_DATA', 'VIRTUAL_ENV')}
     e.update(PATH=f'{home/"venv"/"bin"}{os.pathsep}{e.get("PATH", "")}', MPLBACKEND='Agg', FAST_RESNET_CACHE=CACHE, PYTHONUNBUFFERED='1')
@@ -82,7 +93,7 @@ def test_import_from_the_venv(env):
 
 def test_command_trains_and_predicts(env):
     "`fast_resnet train --quick` on the real data (2 epochs, not 5, to keep CI short), then `fast_resnet predict`"
-    if not REAL_DATA.is_dir(): pytest.skip(f'the real CIFAR-10 is not at {REAL_DATA}')
+    REAL_DATA = real_data()
     home, py, e = env
     cmd = home/'venv'/'bin'/'fast_resnet'
     assert cmd.is_file()
@@ -101,3 +112,14 @@ def test_command_trains_and_predicts(env):
     for line, img in zip(lines, imgs):
         f, cls, conf = line.split('\t')  # image, class, confidence
         assert f == str(img) and cls in vocab and 0 < float(conf) <= 1, line
+
+def test_editable_beside_the_clone(tmp_path):
+    """The README's `pip install -e .`, then Python started in the clone's parent folder, where the clone's own folder
+    `fast_resnet/` (no __init__.py) is on sys.path: `import fast_resnet` is still the checkout's package, not that folder
+    as an empty namespace package"""
+    py = make_venv(tmp_path/'venv')
+    run(sys.executable, '-m', 'pip', '--python', py, 'install', '-q', '--no-deps', '--no-build-isolation', '-e', ROOT, cwd=tmp_path)
+    (tmp_path/'parent'/'fast_resnet').mkdir(parents=True)
+    e = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'VIRTUAL_ENV')}
+    r = run(py, '-c', 'import fast_resnet; fast_resnet.train; print(fast_resnet.__file__)', cwd=tmp_path/'parent', env=e)
+    assert Path(r.stdout.strip()) == ROOT/'fast_resnet'/'__init__.py', r.stdout
