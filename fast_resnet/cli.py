@@ -29,7 +29,7 @@ def train_cmd(data:PATH=None, # CIFAR-10 folder: train/<class>/*.png + test/, or
               n_test:INT=None, # use a fixed random subset of this many test images
               wd:FLOAT=None, # weight decay (default 5e-4; 1e-2 for adam)
               pad_mode:one_of(PAD_MODES)=None, # padding before the random crop: reflection or zeros (default reflection)
-              lr_find_iters:INT=None, # batches the LR range test takes from 1e-5 to 1e3; it stops earlier, where the loss diverges (default 120)
+              lr_find_iters:INT=None, # batches the LR range test takes from 1e-5 to 1e3; it stops earlier, where the loss diverges (default 240)
               workers:INT=None, # processes that decode the images (fast loader), or data loader workers (datablock)
               loader:one_of(LOADERS)=None, # fast (images decoded once, augmented on the device) or datablock (fastai's per-item DataBlock) (default fast)
               valid:store_true=False, # score on 5,000 training images held out (the rest train), not on the test set
@@ -39,7 +39,7 @@ def train_cmd(data:PATH=None, # CIFAR-10 folder: train/<class>/*.png + test/, or
               fc_scale:FLOAT=None, # multiply the logits by this constant (default 0.125; 1 for the plain network)
               bn_mom:FLOAT=None, # BatchNorm running-statistics momentum, PyTorch's convention (default 0.1)
               bn_eps:FLOAT=None, # BatchNorm epsilon (default 1e-5)
-              lr_rule:one_of(LR_RULES)=None, # how LRMAX (and LRMIN) are read from the LR range test's curve (default minimum)
+              lr_rule:one_of(LR_RULES)=None, # how LRMAX (and LRMIN) are read from the LR range test's curve (default floor)
               ema:FLOAT=None, # decay per batch of an average of the weights that is scored and exported, e.g. 0.99 (default 0: none)
               sync_bn:store_true=False, # data-parallel runs: BatchNorm statistics over the whole global batch (SyncBatchNorm, CUDA), not per process
               lr_from:PATH=None, # take LRMIN and LRMAX from a folder written by fast_resnet lr-find (or a run or study folder): no range test
@@ -52,8 +52,7 @@ def train_cmd(data:PATH=None, # CIFAR-10 folder: train/<class>/*.png + test/, or
              ):
     "Train the custom ResNet on CIFAR-10 with the LR range test and one-cycle policy; writes a run folder"
     kw = {k: v for k, v in locals().items() if k != 'resume'}
-    from fast_resnet.data import check_run
-    s = check_run(**kw)  # every check runs before fastai is imported: a typo is answered at once
+    s = _checked(**kw)  # every check runs before fastai is imported: a typo is answered at once
     try: check_parallel(s, launched_world())  # under a launcher: --bs splits over the processes, ...
     except FastResnetError as e:
         e.quiet = os.environ.get('RANK', '0') != '0'  # every process finds it: rank 0 says it
@@ -70,9 +69,21 @@ def lr_find_cmd(): # every flag of `fast_resnet train` but --lr-min, --lr-max, -
     "Run only the LR range test that train with the same flags would run: lr_find.png and lr_find.json (LRMIN, LRMAX) in --out"
     # the flags are train's, copied by `run_command`; it calls `_lr_find` with them
 
-def _lr_find(**kw):
+def _checked(**kw) -> dict:
+    "`check_run(**kw)`, then a line saying which data the run reads: the first progress line, a few seconds after the start"
     from fast_resnet.data import check_run
-    s = check_run(**kw)  # every check before fastai is imported
+    s = check_run(**kw)
+    from fast_resnet.core import check_device_settings
+    check_device_settings(s)
+    d = s['data']
+    if hasattr(d, 'train'):
+        n_tr, n_te = min(s['n_train'] or len(d.train), len(d.train)), min(s['n_test'] or len(d.test), len(d.test))
+        print(f"CIFAR-10 in {d.path}: {n_tr:,} training and {n_te:,} {'held-out' if d.eval_split == 'valid' else 'test'} images, "
+              "checked; loading fastai", flush=True)
+    return s
+
+def _lr_find(**kw):
+    s = _checked(**kw)  # every check before fastai is imported
     from fast_resnet.range_test import lr_find
     rt = lr_find(**s)
     print(f"LRMIN {rt.lr_min:.4g}, LRMAX {rt.lr_max:.4g} (the {rt.feature} of the curve, rule '{rt.rule}'); "

@@ -13,7 +13,7 @@ warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*', category=Fu
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'DEVICES', 'PAD_MODES', 'LR_RULES', 'LOADERS', 'PRECISIONS', 'MAX_LR_RATIO', 'N_VALID', 'DEFAULTS',
            'QUICK', 'WD', 'INT', 'FLOAT', 'PATH', 'LR_FILES', 'FastResnetError', 'check', 'shown_as', 'one_of',
-           'shown_once', 'train_settings', 'lrs_from', 'settings_diffs', 'resolve_device', 'device_info',
+           'interactive', 'shown_once', 'train_settings', 'lrs_from', 'settings_diffs', 'resolve_device', 'device_info',
            'resolve_precision', 'check_device_settings', 'launched_world', 'check_parallel', 'run_folder', 'write_json']
 
 # %% ../nbs/00_core.ipynb #ba64126c
@@ -28,7 +28,7 @@ def check(cond, msg:str):
 OPTIMIZERS = ('sgd', 'nesterov', 'adam')
 DEVICES = ('auto', 'cpu', 'cuda', 'mps')
 PAD_MODES = ('reflection', 'zeros')
-LR_RULES = ('middle', 'minimum', 'floor', 'knee', 'steep', 'valley')
+LR_RULES = ('floor', 'minimum', 'middle', 'knee', 'steep', 'valley')
 LOADERS = ('fast', 'datablock')
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 MAX_LR_RATIO = 25.  # fastai's default `div`; a lower LRMIN would be annihilation by another name
@@ -36,9 +36,9 @@ N_VALID = 5000  # training images held out by `valid`: a tenth of the training s
 
 DEFAULTS = dict(data=None, out=None, epochs=24, peak_epoch=5., bs=512, opt='nesterov', lr_min=None, lr_max=None,
                 wd=None, seed=None, device='auto', quick=False, width=64, n_train=None, n_test=None,
-                pad_mode='reflection', lr_find_iters=120, workers=None, loader='fast', valid=False,
+                pad_mode='reflection', lr_find_iters=240, workers=None, loader='fast', valid=False,
                 mom=0.9, wd_bn_bias=False, label_smoothing=0., fc_scale=0.125, bn_mom=0.1, bn_eps=1e-5,
-                lr_rule='minimum', ema=0., sync_bn=False, lr_from=None, precision='auto', compile=False,
+                lr_rule='floor', ema=0., sync_bn=False, lr_from=None, precision='auto', compile=False,
                 cuda_graphs=False, zero_res_bn=False, bias_lr=1., deterministic=False)
 QUICK = dict(width=16, n_train=5000, n_test=1000, epochs=5, peak_epoch=1., bs=128)
 # Weight decay per optimizer when none is given: the common CIFAR-10 settings (SGD L2-style 5e-4, AdamW 1e-2).
@@ -95,6 +95,12 @@ def shown_as(name:str):
 
 INT, FLOAT, PATH = shown_as('int'), shown_as('float'), shown_as('path')
 def one_of(choices): return shown_as('|'.join(choices))
+
+def interactive() -> bool:
+    "Whether a person watches: a notebook, or a terminal (not a log file); progress bars then, plain lines otherwise"
+    import sys
+    from fastcore.imports import IN_NOTEBOOK
+    return IN_NOTEBOOK or sys.stdout.isatty()
 
 def shown_once(fig, created:bool=True):
     "`fig`, closed in pyplot when the caller `created` it, so that Jupyter shows it once: as the value the cell returns"

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from fastai.vision.all import (TfmdDL, DataLoaders, Transform, TensorImage, TensorCategory, IntToFloatTensor, Normalize,
                                ToTensor, default_device, store_attr)
-from .core import FastResnetError, check, PAD_MODES
+from .core import FastResnetError, check, PAD_MODES, interactive
 from .data import *
 from .augment import *
 
@@ -33,10 +33,17 @@ def _decode_all(files, workers=None) -> np.ndarray:
     files = [str(f) for f in files]
     fork = sys.platform.startswith('linux') and 'fork' in multiprocessing.get_all_start_methods()
     if workers is None: workers = min(16, os.cpu_count() or 1) if len(files) >= 4000 else 0
-    if workers <= 1 or not fork: return _decode_files(files)
-    chunks = [c.tolist() for c in np.array_split(np.array(files, dtype=object), workers * 4)]
+    chunks = [c.tolist() for c in np.array_split(np.array(files, dtype=object), max(1, min(len(files) // 500, max(workers, 1) * 8)))]
+    def counted(parts):  # a bar in a notebook or a terminal, counting images; nothing in a log (the caller says it in a line)
+        if not interactive(): return list(parts)
+        from fastprogress.fastprogress import progress_bar
+        done, out, pb = 0, [], progress_bar(parts, total=len(chunks), leave=False)
+        for c, part in zip(chunks, pb):
+            done += len(c); out.append(part); pb.comment = f'{done:,} of {len(files):,} images'
+        return out
+    if workers <= 1 or not fork: return np.concatenate(counted(_decode_files(c) for c in chunks))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('fork')) as ex:
-        return np.concatenate(list(ex.map(_decode_files, chunks)))
+        return np.concatenate(counted(ex.map(_decode_files, chunks)))
 
 # %% ../nbs/01b_fast_data.ipynb #6ffed52b
 CACHE_VERSION = 1  # bump when the cached arrays change meaning
@@ -101,7 +108,9 @@ def decode_cifar(data:CifarData, n_train=None, n_test=None, cache_dir=None, work
         cached = _load_cache(f, fp, len(train), len(test))
         if cached is not None: res.update(cached, cache=f, source='cache')
         else:
+            print(f"decoding {len(train) + len(test):,} images once (later runs read them from {f.parent})", flush=True)
             x = _decode_all(list(train) + list(test), workers).transpose(0, 3, 1, 2)  # HWC -> CHW, one copy below
+            print(f"decoded {len(train) + len(test):,} images in {time.perf_counter() - t0:.1f} s", flush=True)
             res.update(train_x=np.ascontiguousarray(x[:len(train)]), train_y=labels(train),
                        test_x=np.ascontiguousarray(x[len(train):]), test_y=labels(test), source='decoded', cache=f)
             _save_cache(f, fp, res)

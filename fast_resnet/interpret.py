@@ -6,6 +6,7 @@
 from __future__ import annotations
 import numpy as np
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import torch
 from fastai.vision.all import ClassificationInterpretation
 from .core import shown_once
@@ -21,6 +22,7 @@ def plot_curves(hist):
         ax.plot(hist['epoch'], hist[f'train_{k}'], 'o-', ms=3, label='train (augmented)')
         ax.plot(hist['epoch'], hist[f'test_{k}'], 'o-', ms=3, label='test')
         ax.set_xlabel('epoch'); ax.set_ylabel(nm); ax.set_title(nm); ax.legend(); ax.grid(alpha=.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     a2.set_title(f"accuracy (final test {hist['test_acc'].iloc[-1]:.2%})")
     fig.tight_layout()
     return shown_once(fig)

@@ -114,7 +114,7 @@ class EpochLine(Callback):
 
 def progress_cb():
     "Progress bars in a notebook or terminal, plain lines otherwise"
-    return BarProgress() if IN_NOTEBOOK or sys.stdout.isatty() else EpochLine()
+    return BarProgress() if interactive() else EpochLine()
 
 # %% ../nbs/04_learner.ipynb #1e89d519
 def _hyper_setter(opt):

@@ -11,12 +11,12 @@ from .core import MAX_LR_RATIO, LR_RULES, DEFAULTS, check, shown_once
 
 # %% auto #0
 __all__ = ['RANGE_START', 'RANGE_END', 'PER_DECADE', 'MIDDLE_AT', 'LRMIN', 'LRMAX', 'smooth_losses', 'per_decade',
-           'range_features', 'ema_losses', 'lr_bounds', 'BatchLosses', 'RangeTest', 'find_lr_range', 'plot_lr_find',
-           'lr_suggestions', 'one_cycle_kwargs', 'one_cycle_lrs', 'plot_schedule', 'cyclic_lr', 'triangular_sched',
-           'plot_cyclic_lr']
+           'range_features', 'ema_losses', 'lr_bounds', 'BatchLosses', 'RangeTest', 'find_lr_range', 'fastai_window',
+           'plot_lr_find', 'lr_suggestions', 'one_cycle_kwargs', 'one_cycle_lrs', 'plot_schedule', 'cyclic_lr',
+           'triangular_sched', 'plot_cyclic_lr']
 
 # %% ../nbs/03_lr.ipynb #5497bf4c
-RANGE_START, RANGE_END, PER_DECADE = 1e-5, 1e3, 15  # where the test starts, how far it may go, batches per decade
+RANGE_START, RANGE_END, PER_DECADE = 1e-5, 1e3, 30  # where the test starts, how far it may go, batches per decade
 MIDDLE_AT = 0.5  # where the 'middle' rule reads LRMAX between the steepest descent (0) and the divergence (1), in log LR
 
 def smooth_losses(losses, width:float=4.) -> np.ndarray:
@@ -160,10 +160,10 @@ class RangeTest:
     def _upto(self, sm): return max(2, int(np.searchsorted(self.lrs[:len(sm)], self.features.get('rise', self.lrs[-1]))) + 1)
 
     @classmethod
-    def read(cls, lrs, losses, rule:str=DEFAULTS['lr_rule'], **kwargs):
-        "The `RangeTest` of a curve (`lrs`, per-batch `losses`) read by `rule`; `kwargs`: the test's range and length"
+    def read(cls, lrs, losses, rule:str=DEFAULTS['lr_rule'], stop_lr:float=None, **kwargs):
+        "The `RangeTest` of a curve (`lrs`, per-batch `losses`) read by `rule`; `stop_lr`: where the test stopped, if after the curve; `kwargs`: the test's range and length"
         lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
-        return cls(lrs, losses, rule, *lr_bounds(lrs, losses, rule, diverged=kwargs.get('diverged', True)), **kwargs)
+        return cls(lrs, losses, rule, *lr_bounds(lrs, losses, rule, diverged=kwargs.get('diverged', True), stop_lr=stop_lr), **kwargs)
 
 def find_lr_range(learn, rule:str=DEFAULTS['lr_rule'], num_it:int=None, start_lr:float=RANGE_START, end_lr:float=RANGE_END) -> RangeTest:
     "Run fastai's `lr_find` from `start_lr` towards `end_lr` (`num_it` batches; default 15 a decade) until the loss diverges, and read LRMIN/LRMAX by `rule`"
@@ -174,9 +174,17 @@ def find_lr_range(learn, rule:str=DEFAULTS['lr_rule'], num_it:int=None, start_lr
     try: (learn.path/learn.model_dir).rmdir()  # lr_find's temporary folder, empty again: not part of a run folder
     except OSError: pass
     losses = cb.values()
-    lrs = [float(l) for l in learn.recorder.lrs[:len(losses)]]
-    return RangeTest.read(lrs, losses, rule, start_lr=start_lr, end_lr=end_lr, num_it=num_it,
-                          diverged=len(losses) < num_it or not np.isfinite(losses).all(), batches=len(losses), last_lr=lrs[-1])
+    lrs = np.array([float(l) for l in learn.recorder.lrs[:len(losses)]])
+    bad = ~np.isfinite(losses)
+    stop = float(lrs[np.argmax(bad)] if bad.any() else lrs[-1])  # where the loss diverged (or the test reached `end_lr`)
+    w = fastai_window(len(losses), num_it)  # the batches `learn.lr_find` hands fastai's suggestion functions: `LRMIN`/`LRMAX` agree
+    return RangeTest.read(lrs[w], losses[w], rule, stop_lr=stop, start_lr=start_lr, end_lr=end_lr, num_it=num_it,
+                          diverged=len(losses) < num_it or bool(bad.any()), batches=len(losses), last_lr=stop)
+
+def fastai_window(n:int, num_it:int) -> slice:
+    "The batches of an `n`-batch range test (of `num_it` planned) that `learn.lr_find` hands its suggestion functions, less the first"
+    # fastai drops the first tenth (its running average warming up) and the last 5; undoing its smoothing costs one more
+    return slice(num_it // 10 + 1, n - 5)
 
 def plot_lr_find(test:RangeTest, ax=None):
     "`test.plot()`: the range test's curve with the rule's feature, LRMIN and LRMAX marked"
@@ -251,12 +259,12 @@ def triangular_sched(lr_min:float, lr_max:float, n_cycles:int=1):
     def _inner(pos): return float(cyclic_lr(pos * 2 * n_cycles, lr_min, lr_max, 1))
     return _inner
 
-def plot_cyclic_lr(lr_min:float, lr_max:float, step_size:int=500, n_cycles:int=3, ax=None):
-    "Plot `n_cycles` of the triangular schedule"
+def plot_cyclic_lr(lr_min:float, lr_max:float, step_size:int=500, n_cycles:int=3, iters:int=None, ax=None):
+    "Plot the triangular schedule: `n_cycles` cycles, or over `iters` iterations (a run's length) if given"
     import matplotlib.pyplot as plt
     created = ax is None
     if created: _, ax = plt.subplots(figsize=(6, 3.5))
-    it = np.arange(2 * step_size * n_cycles + 1)
+    it = np.arange((iters if iters is not None else 2 * step_size * n_cycles) + 1)
     ax.plot(it, cyclic_lr(it, lr_min, lr_max, step_size))
     ax.set_xlabel('iteration'); ax.set_ylabel('learning rate')
     ax.set_title(f'triangular cyclic LR (step size {step_size})')

@@ -10,7 +10,7 @@ from .core import FastResnetError, check
 from .data import CLASSES
 
 # %% auto #0
-__all__ = ['REPORT', 'FIGURES', 'md_table', 'model_summary', 'write_report']
+__all__ = ['REPORT', 'FIGURES', 'md_table', 'model_summary', 'range_test_words', 'write_report']
 
 # %% ../nbs/06a_report.ipynb #218043ac
 def _fmt(v) -> str:
@@ -85,6 +85,20 @@ def _status(path:Path, cfg:dict, m, hist:list) -> str:
     more = " `fast_resnet train --resume --out RUN_FOLDER` continues it." if (path/'checkpoint.pth').exists() else ""
     return f"**This run did not finish**: {why}. {done}.{more}"
 
+# what each feature of the range test's curve is, in words (03_lr)
+_FEATURE_WORDS = dict(fall='starts to fall', steepest='falls fastest', knee="reaches the floor of its valley (the knee)",
+                      floor='is at the centre of that floor', minimum='is lowest', rise='first turns up again',
+                      divergence='diverges (where the test stopped)', middle='is in the middle, in log LR, between its fastest fall and its divergence',
+                      valley="is at fastai's `valley` suggestion")
+
+def range_test_words(record:dict) -> str:
+    "The range test's features as a sentence: at which LR the loss does what"
+    f = record.get('features', {})
+    parts = [f"{_FEATURE_WORDS[k]} at {f[k]:.3g}" for k in _FEATURE_WORDS if k in f]
+    return (f"The range test ran {record.get('iterations')} batches from LR {record.get('start_lr', 0):.0e} to {record.get('last_lr', 0):.3g}"
+            f" ({record.get('stopped')}). Its smoothed loss " + ', '.join(parts) + f". LRMAX is read at the {record.get('feature')} "
+            f"(rule '{record.get('rule')}'), LRMIN is LRMAX/25 or where the loss starts to fall, if that is higher.")
+
 def write_report(run_folder, metrics:dict=None) -> Path:
     "Write `report.md` in `run_folder` from the records the run left there (nothing is recomputed); returns its path"
     path = Path(run_folder).expanduser()
@@ -99,7 +113,7 @@ def write_report(run_folder, metrics:dict=None) -> Path:
     md = [f"# Run report: {path.name}\n", _status(path, cfg, m, hist) + '\n',
           '## Settings\n', md_table([(k, v) for k, v in cfg.items() if k not in _LR_KEYS + _ENV_KEYS], ('setting', 'value')) + '\n',
           '## LRMIN and LRMAX\n', f"LRMIN {cfg['lr_min']:.4g} and LRMAX {cfg['lr_max']:.4g} (ratio {cfg['lr_max'] / cfg['lr_min']:.3g}), {how}{' as below' if record else ''}.\n"]
-    if record: md.append(md_table(record.items(), ('range test', 'value')) + '\n')
+    if record: md += [range_test_words(record) + '\n', md_table([(k, v) for k, v in record.items() if k != 'features'], ('range test', 'value')) + '\n']
     md += pictures('lr') + ['## The model\n', model_summary(cfg) + '\n', '## The data\n'] + pictures('data')
     md += ['## Training\n', (md_table([[_HIST[c].format(r.get(c, float('nan'))) for c in _HIST] for r in hist],
                                       [c.replace('test', name) for c in _HIST]) if hist else 'No epoch finished.') + '\n']

@@ -189,11 +189,13 @@ def _train(kw, resume, figures, ddp, on_lrs):
                     s['lr_source'] = 'lr_from' if s['lr_from'] else 'given'
                     if s['lr_from']: warn_lr_from(s)
                 if figures:
-                    learn.dls.show_batch(max_n=25, figsize=(7, 7))
+                    learn.dls.show_batch(max_n=16, figsize=(7, 7.8))  # room for each title above its picture
+                    plt.gcf().tight_layout()
                     _savefig(plt.gcf(), path/'batch.png')
                 s.update(versions=_versions(), git_commit=_git_commit(), torch_threads=torch.get_num_threads())
                 write_json(path/'config.json', s)
-                if figures: _savefig(plot_cyclic_lr(s['lr_min'], s['lr_max'], step_size=2 * n_iter, n_cycles=3), path/'cyclic_lr.png')
+                if figures:  # over the run's own iterations, a cycle of 2 epochs up and 2 down
+                    _savefig(plot_cyclic_lr(s['lr_min'], s['lr_max'], step_size=2 * n_iter, iters=s['epochs'] * n_iter), path/'cyclic_lr.png')
                 g = getattr(learn.dls.train, 'generator', lambda: None)()
                 return {k: v for k, v in s.items() if k != 'data'}, None if g is None else g.get_state()
         s2, gen = from_rank0(first)
