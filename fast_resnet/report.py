@@ -10,7 +10,7 @@ from .core import FastResnetError, check
 from .data import CLASSES
 
 # %% auto #0
-__all__ = ['REPORT', 'FIGURES', 'md_table', 'model_summary', 'range_test_words', 'write_report']
+__all__ = ['REPORT', 'FIGURES', 'md_table', 'model_summary', 'range_test_words', 'show_figures', 'write_report']
 
 # %% ../nbs/06a_report.ipynb #218043ac
 def _fmt(v) -> str:
@@ -98,6 +98,13 @@ def range_test_words(record:dict) -> str:
     return (f"The range test ran {record.get('iterations')} batches from LR {record.get('start_lr', 0):.0e} to {record.get('last_lr', 0):.3g}"
             f" ({record.get('stopped')}). Its smoothed loss " + ', '.join(parts) + f". LRMAX is read at the {record.get('feature')} "
             f"(rule '{record.get('rule')}'), LRMIN is LRMAX/25 or where the loss starts to fall, if that is higher.")
+
+def show_figures(run_folder):
+    "Show a run folder's pictures, each with its caption, in a notebook (what `train` does there when it ends)"
+    from IPython.display import display, Markdown, Image
+    path = Path(run_folder).expanduser()
+    for k, (_, cap) in FIGURES.items():
+        if (path/f'{k}.png').exists(): display(Markdown(f"*{cap[0].upper()}{cap[1:]}* (`{k}.png`)"), Image(filename=str(path/f'{k}.png')))
 
 def write_report(run_folder, metrics:dict=None) -> Path:
     "Write `report.md` in `run_folder` from the records the run left there (nothing is recomputed); returns its path"

@@ -19,7 +19,7 @@ from .checkpoint import *
 from .learner import cifar_learner, learner_kwargs, set_cudnn, Compiled, BarProgress, EpochLine
 from .distributed import *
 from .inference import export
-from .report import write_report
+from .report import write_report, show_figures
 from fastai.vision.all import Callback, L, set_seed
 
 # %% auto #0
@@ -156,13 +156,17 @@ def train(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
           figures:bool=True, # draw the run's figures (the study's runs skip them)
           ddp:bool=None, # train data-parallel with the processes of the launch (default: when a launcher started this one); False: alone
           on_lrs=None, # called with (LRMIN, LRMAX) once they are known, before the fit (a study hands them to its other processes)
+          show:bool=None, # show the run's figures when it ends (default: in a notebook)
           **kwargs): # any other setting of `train_settings`: width, n_train, n_test, wd, pad_mode, the levers, sync_bn, ...
     "Train the custom ResNet on CIFAR-10 with the recipe into the run folder `out`; returns `(learn, metrics)`"
     kw = dict(data=data, out=out, epochs=epochs, peak_epoch=peak_epoch, bs=bs, opt=opt, lr_min=lr_min, lr_max=lr_max, seed=seed,
               quick=quick, device=device, **kwargs)
     if ddp is None: ddp = launched()
     with nullcontext() if ddp else alone():  # a study's process trains its runs by itself
-        return _train(kw, resume, figures, ddp, on_lrs)
+        learn, m = _train(kw, resume, figures, ddp, on_lrs)
+    from fastcore.imports import IN_NOTEBOOK
+    if (IN_NOTEBOOK if show is None else show) and figures and rank() == 0: show_figures(learn.path)
+    return learn, m
 
 def _train(kw, resume, figures, ddp, on_lrs):
     from fast_resnet.interpret import plot_curves, plot_misclassified, plot_confusion, interpret

@@ -1,0 +1,186 @@
+"""tools/gpu-programme's CPU side, without a GPU and in seconds: `plan` (the dry run) keeps to 13 of the session's 15
+device-minutes, and `check` passes on a well-formed staging and fails, with a one-line error, on a broken one. The
+staging here is a small fake built by the test (wheels that only name themselves, a 10-image CIFAR-10 in three zip
+parts); the real one in .device-data/ is checked too where `tools/gpu-programme stage` made it."""
+import hashlib, importlib.machinery, importlib.util, json, os, re, shutil, subprocess, sys, zipfile
+from pathlib import Path
+import pytest
+from conftest import ROOT
+
+TOOL = ROOT/'tools'/'gpu-programme'
+DD = ROOT/'.device-data'
+CHECK_CIFAR = ROOT.parent/'shared'/'tools'/'check-cifar'
+
+def prog(*args, timeout=120):
+    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+@pytest.fixture(scope='module')
+def gp():
+    "tools/gpu-programme as a module (it has no .py suffix)"
+    loader = importlib.machinery.SourceFileLoader('gpu_programme', str(TOOL))
+    m = importlib.util.module_from_spec(importlib.util.spec_from_loader('gpu_programme', loader))
+    loader.exec_module(m)
+    return m
+
+def test_plan_within_13_minutes(gp):
+    r = prog('plan')
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    total = float(re.search(r'^total: ([\d.]+) planned minutes of 13 ', out, re.M).group(1))
+    assert total <= 13
+    calls = re.findall(r'^call (\S+)$', out, re.M)
+    assert calls[:3] == ['1', '2', '3'] and len(calls) >= 3, calls
+    blocks = re.split(r'^call \S+$', out, flags=re.M)[1:]
+    carries = [json.loads(re.search(r'^  carry +(\[.*\])$', b, re.M).group(1)) for b in blocks]
+    assert carries[:3] == [['.device-data/wheels', '.device-data/part1'], ['.device-data/part2'], ['.device-data/part3']]
+    assert all('  command    PYTHONUNBUFFERED=1 python3 tools/gpu-programme run' in b for b in blocks)
+    subs = []
+    for b in blocks[:3]:
+        t = int(re.search(r'^  timeout_s  (\d+) ', b, re.M).group(1))
+        assert 0 < t <= 600
+        items = [float(x) for x in re.findall(r'^ +([\d.]+) min  ', b, re.M)]
+        assert abs(sum(items[:-1]) - items[-1]) < 0.011, items  # the call's line is the sum of its items
+        subs.append(items[-1])
+    assert 'machine start' in blocks[0] and 'machine start' not in blocks[1] + blocks[2]
+    assert abs(sum(subs) + gp.GIVE_BACK_MIN - total) < 0.011
+    # the steps where the issue puts them: no real images in call 1, the real ones in call 3
+    for name in ('tests', 'bench', 'host', 'peer'): assert re.search(rf'^ +[\d.]+ min  {name}: ', blocks[0], re.M), name
+    for name in ('train', 'study-test', 'lr-pick', 'lr-given'): assert re.search(rf'^ +[\d.]+ min  {name}: ', blocks[2], re.M), name
+    assert 'pytest -x' in blocks[0] and 'bench --synthetic --device cuda' in blocks[0] and 'bench --host --synthetic' in blocks[0]
+    assert 'airbench-peer --synthetic' in blocks[0]
+    assert 'train --data .device-data/cifar10 --seed 0' in blocks[2]
+    assert f'--seeds {gp.STUDY_SEEDS} ' in blocks[2] and gp.STUDY_SEEDS >= 1
+    assert '--valid --seeds 2 --lr-max 0.4 --lr-min 0.016' in blocks[2]
+    # each call's own budget is the plan's: its minutes on the machine, under the 10-minute limit
+    for c in gp.CALLS[:3]:
+        assert gp.call_budget_s(c, gp.MINUTES) <= gp.CALL_LIMIT_S - gp.GRACE_S
+        assert gp.call_timeout_s(c, gp.MINUTES) <= gp.CALL_LIMIT_S
+    assert gp.plan_total(gp.STUDY_SEEDS) <= gp.PLAN_LIMIT_MIN < gp.plan_total(gp.STUDY_SEEDS + 1) or gp.STUDY_SEEDS == gp.MAX_SEEDS
+
+def test_plan_over_limit_fails(gp, capsys, monkeypatch):
+    monkeypatch.setattr(gp, 'MINUTES', dict(gp.MINUTES, tests=10.))
+    assert gp.plan(None) == 1
+    out, err = capsys.readouterr()
+    assert 'OVER' in out and err.startswith('error: ') and len(err.strip().splitlines()) == 1
+
+# ---------------------------------------------------------------- a fake staging
+
+def _wheel(d:Path, name:str, ver:str):
+    "A valid, empty pure-Python wheel: pip installs it (dry) like a real one"
+    dist = re.sub(r'[-.]+', '_', name)
+    di = f'{dist}-{ver}.dist-info'
+    files = {f'{dist}/__init__.py': b'', f'{di}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: {ver}\n'.encode(),
+             f'{di}/WHEEL': b'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n'}
+    with zipfile.ZipFile(d/f'{dist}-{ver}-py3-none-any.whl', 'w') as zf:
+        for k, v in files.items(): zf.writestr(k, v)
+        zf.writestr(f'{di}/RECORD', ''.join(f'{k},,\n' for k in files) + f'{di}/RECORD,,\n')
+
+def _digest(root:Path) -> str:
+    "check-cifar's digest of a folder (the tool's own, where it is beside the checkout)"
+    if CHECK_CIFAR.is_file():
+        r = subprocess.run([sys.executable, str(CHECK_CIFAR), str(root)], capture_output=True, text=True)
+        return re.search(r'digest ([0-9a-f]{64})', r.stdout).group(1)
+    h = hashlib.sha256()
+    for p in sorted(str(f.relative_to(root)) for f in root.rglob('*.png')):
+        h.update(p.encode() + b'\0' + hashlib.sha256((root/p).read_bytes()).digest())
+    return h.hexdigest()
+
+@pytest.fixture
+def fake(tmp_path, gp):
+    "A staging folder like .device-data (every listed wheel once, 10 PNGs in three parts), and its expected digest"
+    from packaging.requirements import Requirement
+    dd = tmp_path/'dd'
+    (dd/'wheels').mkdir(parents=True)
+    for spec in gp.wheel_specs()[0]:
+        r = Requirement(spec)
+        exact = [s.version for s in r.specifier if s.operator == '==']
+        _wheel(dd/'wheels', r.name, exact[0] if exact else '1.0.0')
+    src = tmp_path/'src'/'cifar10'
+    files = ['labels.txt']
+    (src).mkdir(parents=True); (src/'labels.txt').write_text('cat\ndog\n')
+    for split, n in (('train', 3), ('test', 2)):
+        for cls in ('cat', 'dog'):
+            (src/split/cls).mkdir(parents=True)
+            for i in range(n):
+                (src/split/cls/f'{i}.png').write_bytes(os.urandom(64)); files.append(f'{split}/{cls}/{i}.png')
+    for k in (1, 2, 3):
+        (dd/f'part{k}').mkdir()
+        with zipfile.ZipFile(dd/f'part{k}'/f'cifar10-part{k}.zip', 'w') as zf:
+            for f in files[k - 1::3]: zf.write(src/f, f'cifar10/{f}')
+    (dd/'part3'/'check-cifar').write_text('# stands in for ../shared/tools/check-cifar\n')
+    return dd, ['--dd', dd, '--expect-images', 10, '--expect-digest', _digest(src)]
+
+def test_check_passes_on_fake_staging(fake):
+    dd, args = fake
+    r = prog('check', *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert all(l.startswith('ok  ') for l in lines[:-1]) and lines[-1].startswith('all staged files complete'), r.stdout
+    for what in ('wheels:', 'wheels install:', 'part1:', 'part2:', 'part3:', 'CIFAR-10:', 'call 1 size:', 'call 3 size:'):
+        assert any(what in l for l in lines), what
+    assert '10 PNGs' in r.stdout and r.stderr == ''
+
+def _corrupt(p:Path):
+    "Flip bytes inside the first PNG's data (the zip still opens; reading the PNG fails its CRC)"
+    with zipfile.ZipFile(p) as zf: info = next(i for i in zf.infolist() if i.filename.endswith('.png'))
+    b = bytearray(p.read_bytes())
+    at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    b[at:at + 8] = bytes(x ^ 0xff for x in b[at:at + 8])
+    p.write_bytes(bytes(b))
+
+@pytest.mark.parametrize('broken', ['missing part', 'corrupted part', 'missing wheel', 'other digest', 'no staging'])
+def test_check_fails_on_broken_staging(fake, broken):
+    dd, args = fake
+    if broken == 'missing part': (dd/'part2'/'cifar10-part2.zip').unlink()
+    if broken == 'corrupted part': _corrupt(dd/'part1'/'cifar10-part1.zip')
+    if broken == 'missing wheel': next((dd/'wheels').glob('fastcore-*.whl')).unlink()
+    if broken == 'other digest': args = args[:-1] + ['0' * 64]
+    if broken == 'no staging': shutil.rmtree(dd)
+    r = prog('check', *args)
+    assert r.returncode == 1, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and 'tools/gpu-programme stage' in err[0], r.stderr
+    assert 'Traceback' not in r.stdout + r.stderr
+    failed = [l for l in r.stdout.splitlines() if l.startswith('FAIL')]
+    expect = {'missing part': 'part2:', 'corrupted part': 'CIFAR-10:', 'missing wheel': 'wheels:', 'other digest': 'CIFAR-10:',
+              'no staging': 'staging:'}[broken]
+    assert any(l.startswith(f'FAIL  {expect}') for l in failed), r.stdout
+
+@pytest.mark.skipif(not DD.is_dir(), reason='no .device-data here: tools/gpu-programme stage makes it')
+def test_check_real_staging():
+    r = prog('check')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '60,000 PNGs' in r.stdout and 'all staged files complete' in r.stdout
+
+def test_airbench_peer_data_or_synthetic():
+    "The peer takes the real images or the synthetic ones, one of them (checked before torch is imported)"
+    for args in ([], ['--data', 'x', '--synthetic']):
+        r = subprocess.run([sys.executable, str(ROOT/'tools'/'airbench-peer'), *args, '--work', 'w', '--out', 'o.json'],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == 2 and 'give --data DIR or --synthetic' in r.stderr, r.stderr
+
+def test_each_call_knows_its_plan(gp, tmp_path, monkeypatch):
+    "A call finds which planned call it is by the part it brought: its budget and its steps are the plan's; the next call named"
+    from types import SimpleNamespace
+    monkeypatch.setattr(gp, 'DD', tmp_path/'dd'); (tmp_path/'dd').mkdir()
+    a = SimpleNamespace(device='cuda', tiny=False, data=str(tmp_path/'dd'/'cifar10'), work=str(tmp_path/'fr'), out=str(tmp_path/'out'),
+                        budget=None, site=None, steps=None, strict=False, pytest_args='', no_check=False)
+    p = gp.Programme(a)
+    (tmp_path/'dd'/'.unpacked-cifar10-part1').write_text('1')
+    p.begin({'part1'})
+    assert p.phase == '1' and p.deadline - p.t0 == pytest.approx(gp.call_budget_s(gp.CALLS[0], gp.MINUTES))
+    steps = p.steps()
+    assert [s['name'] for s in steps][:4] == ['tests', 'bench', 'host', 'peer']
+    assert p.next_call(steps).startswith('call 2: the same command, timeout_s ') and '[".device-data/part2"]' in p.next_call(steps)
+    p.begin({'part3'})
+    assert p.phase == '3' and [s['name'] for s in p.steps()][:4] == ['train', 'study-test', 'lr-pick', 'lr-given']
+    assert p.deadline - p.t0 == pytest.approx(gp.call_budget_s(gp.CALLS[2], gp.MINUTES))
+    p.state['machine_t0'] = p.t0 - gp.SESSION_S + 100  # late in the session: the call gets what is left, not its plan
+    p.begin({'part3'})
+    assert p.deadline - p.t0 == pytest.approx(100)
+    p.begin(set())
+    assert p.phase == '4+' and p.deadline - p.t0 == pytest.approx(100)
+    p.data_ok = True
+    p.state['machine_t0'] = p.t0 - gp.SESSION_S  # spent: no call 4
+    assert p.next_call(p.steps()).startswith("give the machine back: the plan's 13 minutes are spent")
+    for f in p.logs: f.close()
