@@ -201,7 +201,9 @@ class ProcessFailed(FastResnetError):
 class LauncherStopped(BaseException):
     "The launcher (torchrun, accelerate launch) sent SIGTERM: it stops every process once one of them has failed"
 
-def _stopped_by_launcher(signum, frame): raise LauncherStopped()
+def _stopped_by_launcher(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second SIGTERM, while this one is being reported, just ends the process
+    raise LauncherStopped()
 
 # how a collective says that another process failed, died or hung: gloo's errors name their source file; NCCL's
 # watchdog, its communicator and its transport errors say NCCL
@@ -210,6 +212,9 @@ _OTHERS = ('/gloo/', 'Watchdog caught collective operation timeout', 'NCCL commu
 
 def failure(e:BaseException, out, epochs:int) -> ProcessFailed:
     "This process's one-line error for the exception `e` that ended its part of a data-parallel run"
+    # the launcher's SIGTERM, which comes once a process has failed, then ends this one quietly: it has said what happened
+    try: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError: pass  # not the main thread
     keep = f"{out} keeps {epochs} finished epoch{'s' * (epochs != 1)}: --resume continues it"
     if isinstance(e, LauncherStopped):
         return ProcessFailed(f"rank {rank()} of {world()} stopped: the launcher sent SIGTERM (another process failed, or the launch "

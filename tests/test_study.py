@@ -3,7 +3,7 @@ import json, os, signal, subprocess, sys, time
 import pytest
 from conftest import ROOT, CACHE, cli
 
-ARGS = ['--epochs', '4', '--peak-epoch', '1', '--bs', '32', '--width', '8', '--lr-find-iters', '20', '--device', 'cpu']
+ARGS = ['--epochs', '4', '--peak-epoch', '1', '--bs', '32', '--width', '8', '--lr-find-iters', '60', '--device', 'cpu']
 KEYS = ('epochs', 'lr_min', 'lr_max', 'runs', 'mean', 'std', 'min', 'max', 'tta_mean')
 
 @pytest.fixture(scope='module')
