@@ -53,8 +53,14 @@ class _CpuReads(TorchFunctionMode):
     _READS = {torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu}
     def __init__(self, reads): super().__init__(); self.reads = reads
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func in self._READS: self.reads.count(func.__name__)
-        return func(*args, **(kwargs or {}))
+        elif func is torch.Tensor.to and any(_is_cpu(a) for a in (*args[1:], kwargs.get('device'))): self.reads.count('to the CPU')
+        return func(*args, **kwargs)
+
+def _is_cpu(d) -> bool:
+    "Whether `d`, an argument of `Tensor.to`, names the CPU"
+    return (isinstance(d, str) and d.split(':')[0] == 'cpu') or (isinstance(d, torch.device) and d.type == 'cpu')
 
 class ReadPhases(Callback):
     "Tell a `DeviceReads` which phase of a fit runs: 'step' (before_batch to after_step), 'between steps' (after_step to the next batch, loading it included), 'epoch ends' (from the end of an epoch's last step to the start of the next's first: validation, records, checkpoint, the next epoch's set-up)"
