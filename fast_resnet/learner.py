@@ -118,7 +118,7 @@ def progress_cb():
 
 # %% ../nbs/04_learner.ipynb #1e89d519
 def _hyper_setter(opt):
-    "A function `set(name, values)` giving each parameter group its value of the hyper-parameter `name` as fastai's `set_hyper` would, without its per-call overhead; None where only `set_hyper` knows how"
+    "A function `set(name, values)` giving each parameter group its value of the hyper-parameter `name` as fastai's `set_hyper` would, without its per-call overhead; it returns False where only `set_hyper` knows how"
     if isinstance(opt, OptimWrapper):
         groups = opt.opt.param_groups
         def set_(n, vs):
@@ -166,7 +166,7 @@ class CrossEntropy(nn.Module):
     def decodes(self, x): return x.argmax(dim=-1)
 
 class CifarLearner(Learner):
-    "fastai's `Learner`, with what it does for every batch made cheaper for the host: each event's callbacks looked up once, a batch already on the model's device left as it is, and `fit_one_cycle`'s schedule computed once an epoch (`OneSchedule`)"
+    "fastai's `Learner`, with what it does for every batch made cheaper for the host: each event's callbacks looked up once, a batch already on the model's device left as it is, and `fit_one_cycle`'s schedule computed once a fit (`OneSchedule`)"
     def __call__(self, event_name):
         if isinstance(event_name, str): self._call_one(event_name)
         else:
