@@ -36,8 +36,8 @@ def rng_states(dls=None) -> dict:
         s['generators'] = [None if g is None else g.get_state() for g in gens]
     return s
 
-def set_rng_states(s:dict, dls=None, reseed:int=0) -> bool:
-    "Restore what `rng_states` saved; the states of another kind of device (they cannot carry over) are reseeded from `reseed`. Returns whether all were restored"
+def set_rng_states(s:dict, dls=None, reseed:int=0, loader_seed:int=None) -> bool:
+    "Restore what `rng_states` saved; the states of another kind of device (they cannot carry over) are reseeded: the device's from `reseed`, the loaders' from `loader_seed` (default `reseed`). Returns whether all were restored"
     random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
     dev = _device(dls)
     same = s.get('device_type', 'cuda' if 'cuda' in s else 'cpu') == dev.type
@@ -53,7 +53,7 @@ def set_rng_states(s:dict, dls=None, reseed:int=0) -> bool:
         for i, (dl, st) in enumerate(zip(dls.loaders, s.get('generators', []))):
             if st is None: continue
             if same: dl.generator().set_state(st)
-            else: dl.generator().manual_seed((reseed + i) % 2**63)
+            else: dl.generator().manual_seed(((reseed if loader_seed is None else loader_seed) + i) % 2**63)
     return same
 
 def save_atomic(obj, path):
@@ -134,8 +134,11 @@ def load_checkpoint(learn, path, ema=None, seed:int=0) -> int:
     mp = getattr(learn, 'mixed_precision', None)
     if ck.get('scaler') is not None and hasattr(mp, 'load_scaler_state'): mp.load_scaler_state(ck['scaler'])
     rngs, r = ck.get('rng_ranks') or [ck['rng']], rank()
-    k = (seed * 1_000_003 + ck['epoch'] * 1_009 + r) % 2**32  # for the states that cannot be restored
-    same = set_rng_states(rngs[r % len(rngs)], learn.dls, reseed=k)
+    # for the states that cannot be restored: the loaders' from a seed without the rank (every process draws the same
+    # permutation and takes its own shard of it), the device's own generator (Cutout) from one with it
+    k0 = (seed * 1_000_003 + ck['epoch'] * 1_009) % 2**32
+    k = (k0 + r) % 2**32
+    same = set_rng_states(rngs[r % len(rngs)], learn.dls, reseed=k, loader_seed=k0)
     if r >= len(rngs):  # a process the run did not have: the loaders' shared states, and random draws of its own
         random.seed(k); np.random.seed(k); torch.manual_seed(k)
     if not same and r == 0:

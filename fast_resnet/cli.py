@@ -4,12 +4,13 @@
 
 # %% ../nbs/07_cli.ipynb #0336211e
 from __future__ import annotations
-import os, sys
+import os, signal, sys
 from fastcore.script import call_parse, anno_parser, store_true
-from .core import FastResnetError, check, shown_as, INT, FLOAT, PATH, one_of, OPTIMIZERS, DEVICES, PAD_MODES, LR_RULES, LOADERS, PRECISIONS, launched_world, check_parallel
+from .core import FastResnetError, Terminated, check, shown_as, INT, FLOAT, PATH, one_of, OPTIMIZERS, DEVICES, PAD_MODES, LR_RULES, LOADERS, PRECISIONS, home_path
+from .device import launched_world, check_parallel
 
 # %% auto #0
-__all__ = ['COMMANDS', 'train_cmd', 'lr_find_cmd', 'predict_cmd', 'report_cmd', 'run_command', 'main']
+__all__ = ['COMMANDS', 'train_cmd', 'lr_find_cmd', 'predict_cmd', 'report_cmd', 'run_command', 'main', 'out_of_memory']
 
 # %% ../nbs/07_cli.ipynb #746b9a7c
 @call_parse
@@ -23,13 +24,13 @@ def train_cmd(data:PATH=None, # CIFAR-10 folder: train/<class>/*.png + test/, or
               lr_max:FLOAT=None, # LRMAX; with --lr-min, skips the LR range test
               seed:INT=None, # random seed (default: random, recorded in config.json)
               device:one_of(DEVICES)=None, # auto, cpu, cuda or mps (default auto)
-              quick:store_true=False, # a small real run: width 16, 5,000/1,000 images, 5 epochs, batch 128 (~2 min on 2 CPU cores)
+              quick:store_true=False, # a small real run: width 16, 5,000/1,000 images, 5 epochs, batch 128, a range test of 10 batches a decade (about a minute on 2 CPU cores)
               width:INT=None, # network width c (default 64; 16 with --quick)
               n_train:INT=None, # use a fixed random subset of this many training images
               n_test:INT=None, # use a fixed random subset of this many test images
               wd:FLOAT=None, # weight decay (default 5e-4; 1e-2 for adam)
               pad_mode:one_of(PAD_MODES)=None, # padding before the random crop: reflection or zeros (default reflection)
-              lr_find_iters:INT=None, # batches the LR range test takes from 1e-5 to 1e3; it stops earlier, where the loss diverges (default 240)
+              lr_find_iters:INT=None, # batches the LR range test takes from 1e-5 to 1e3; it stops earlier, where the loss diverges (default 240; 80 with --quick)
               workers:INT=None, # processes that decode the images (fast loader), or data loader workers (datablock)
               loader:one_of(LOADERS)=None, # fast (images decoded once, augmented on the device) or datablock (fastai's per-item DataBlock) (default fast)
               valid:store_true=False, # score on 5,000 training images held out (the rest train), not on the test set
@@ -52,7 +53,7 @@ def train_cmd(data:PATH=None, # CIFAR-10 folder: train/<class>/*.png + test/, or
              ):
     "Train the custom ResNet on CIFAR-10 with the LR range test and one-cycle policy; writes a run folder"
     kw = {k: v for k, v in locals().items() if k != 'resume'}
-    s = _checked(**kw)  # every check runs before fastai is imported: a typo is answered at once
+    s = _checked(resume=resume, **kw)  # every check runs before fastai is imported: a typo is answered at once
     try: check_parallel(s, launched_world())  # under a launcher: --bs splits over the processes, ...
     except FastResnetError as e:
         e.quiet = os.environ.get('RANK', '0') != '0'  # every process finds it: rank 0 says it
@@ -62,19 +63,27 @@ def train_cmd(data:PATH=None, # CIFAR-10 folder: train/<class>/*.png + test/, or
     learn, m = train(**s, resume=resume)
     from fast_resnet.distributed import rank
     if rank() == 0: print(f"{m['scored_on']} accuracy {m['test_acc']:.2%} (flip TTA {m['tta_acc']:.2%}) after {m['epochs']} epochs ({m['train_seconds']:.0f} s of training); "
-          f"LRMIN {m['lr_min']:.3g}, LRMAX {m['lr_max']:.3g}; run folder {learn.path}")
+          f"LRMIN {m['lr_min']:.3g}, LRMAX {m['lr_max']:.3g}; run folder {home_path(learn.path)}")
 
 @call_parse
 def lr_find_cmd(): # every flag of `fast_resnet train` but --lr-min, --lr-max, --lr-from and --resume
     "Run only the LR range test that train with the same flags would run: lr_find.png and lr_find.json (LRMIN, LRMAX) in --out"
     # the flags are train's, copied by `run_command`; it calls `_lr_find` with them
 
-def _checked(**kw) -> dict:
+def _checked(resume:bool=False, **kw) -> dict:
     "`check_run(**kw)`, then a line saying which data the run reads: the first progress line, a few seconds after the start"
+    from fast_resnet.core import run_folder
+    # --out first: a file or a folder that holds files is answered at once, before the images are checked and fastai imported
+    if kw.get('out') is not None:
+        try: run_folder(kw['out'], exist_ok=resume, create=False)
+        except FastResnetError as e:
+            e.quiet = os.environ.get('RANK', '0') != '0'  # under a launcher every process finds it: rank 0 says it
+            raise
     from fast_resnet.data import check_run
     s = check_run(**kw)
-    from fast_resnet.core import check_device_settings
-    check_device_settings(s)
+    from fast_resnet.device import check_device_settings, say_device, resolve_precision
+    dev = check_device_settings(s)
+    if os.environ.get('RANK', '0') == '0': say_device(dev, resolve_precision(s['precision'], dev))  # first: what it runs on
     d = s['data']
     if hasattr(d, 'train'):
         n_tr, n_te = min(s['n_train'] or len(d.train), len(d.train)), min(s['n_test'] or len(d.test), len(d.test))
@@ -144,18 +153,46 @@ def run_command(argv) -> int:
     else: func(**ns)
     return 0
 
+def _terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second SIGTERM ends the process at once
+    raise Terminated()
+
 def main(argv=None):
     "Entry point of the `fast_resnet` command and of `python -m fast_resnet`"
     argv = sys.argv[1:] if argv is None else argv
+    try: old = signal.signal(signal.SIGTERM, _terminated)  # SIGTERM (kill, a scheduler) ends a run as Ctrl-C does: its records written
+    except ValueError: old = None  # not the main thread
     try: code = run_command(argv)
     except FastResnetError as e:
         if not getattr(e, 'quiet', False): print(f"error: {e}", file=sys.stderr)  # quiet: rank 0 of the launch says it
         code = getattr(e, 'exit_code', 2)  # 2: bad input; 3: training diverged; 1: a process of a data-parallel run failed
+    except Terminated:
+        print("error: stopped by SIGTERM; the run folder keeps the epochs that finished (--resume continues it)", file=sys.stderr)
+        code = 143
     except KeyboardInterrupt:
-        print("error: interrupted; the run folder keeps the epochs that finished", file=sys.stderr)
+        print("error: interrupted; the run folder keeps the epochs that finished (--resume continues it)", file=sys.stderr)
         code = 130
     except BaseException as e:
-        if type(e).__name__ != 'LauncherStopped': raise  # `fast_resnet.distributed`'s, before a fit began
-        print("error: stopped: the launcher sent SIGTERM (another process failed, or the launch was stopped)", file=sys.stderr)
-        code = 1
+        if type(e).__name__ == 'OutOfMemoryError':  # torch's (CUDA's, and MPS's since torch 2.5): one line with the fix
+            print(f"error: {out_of_memory(e)}", file=sys.stderr)
+            code = 1
+        elif type(e).__name__ == 'LauncherStopped':  # `fast_resnet.distributed`'s, before a fit began
+            print("error: stopped: the launcher sent SIGTERM (another process failed, or the launch was stopped)", file=sys.stderr)
+            code = 1
+        else: raise
+    if old is not None: signal.signal(signal.SIGTERM, old)  # `main` called in a notebook leaves its kernel as it was
     sys.exit(code)
+
+def out_of_memory(e) -> str:
+    "The one line for torch's `OutOfMemoryError` `e`: the device, the batch size and width that were used, and what to lower"
+    import torch
+    from fast_resnet.core import LAST_SHAPE
+    where = 'the GPU'
+    if torch.cuda.is_available():
+        d = torch.cuda.current_device()
+        where = f"the {torch.cuda.get_device_name(d)} ({torch.cuda.get_device_properties(d).total_memory / 2**30:.0f} GiB)"
+    bs, w = LAST_SHAPE.get('bs'), LAST_SHAPE.get('width')
+    used = f" with --bs {bs} and --width {w}" if bs else ''
+    lower = f"--bs {max(1, bs // 2)}" if bs else 'a smaller --bs'
+    return (f"{where} ran out of memory{used}: give a smaller batch or network ({lower}, or a smaller --width), "
+            f"or free the GPU of other processes (nvidia-smi lists them); torch said: {'. '.join(' '.join(str(e).split()).split('. ')[:3])}")

@@ -9,12 +9,15 @@ from pathlib import Path
 
 # fastai's import calls `torch.jit.script`, which torch 2.14 deprecates with a FutureWarning users cannot act on
 warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*', category=FutureWarning)
+# fastai's distributed module imports accelerate, which imports `tqdm.auto`: in Jupyter without ipywidgets that import warns
+# "IProgress not found" (a red TqdmWarning) about a tqdm bar no part of fast_resnet shows (its bars are fastprogress's)
+warnings.filterwarnings('ignore', message=r'IProgress not found')
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'DEVICES', 'PAD_MODES', 'LR_RULES', 'LOADERS', 'PRECISIONS', 'MAX_LR_RATIO', 'N_VALID', 'DEFAULTS',
-           'QUICK', 'WD', 'INT', 'FLOAT', 'PATH', 'LR_FILES', 'FastResnetError', 'check', 'shown_as', 'one_of',
-           'interactive', 'shown_once', 'train_settings', 'lrs_from', 'settings_diffs', 'resolve_device', 'device_info',
-           'resolve_precision', 'check_device_settings', 'launched_world', 'check_parallel', 'run_folder', 'write_json']
+           'QUICK', 'WD', 'INT', 'FLOAT', 'PATH', 'LAST_SHAPE', 'LR_FILES', 'FastResnetError', 'check', 'Terminated',
+           'shown_as', 'one_of', 'interactive', 'home_path', 'progress_secs', 'shown_once', 'train_settings',
+           'lrs_from', 'settings_diffs', 'run_folder', 'write_json']
 
 # %% ../nbs/00_core.ipynb #ba64126c
 class FastResnetError(ValueError):
@@ -23,6 +26,9 @@ class FastResnetError(ValueError):
 def check(cond, msg:str):
     "Raise `FastResnetError(msg)` unless `cond`"
     if not cond: raise FastResnetError(msg)
+
+class Terminated(KeyboardInterrupt):
+    "SIGTERM (a `kill`, a cluster's scheduler) turned into an exception by the command line, as Ctrl-C is: the run writes what it finished"
 
 # %% ../nbs/00_core.ipynb #5b6d41e8
 OPTIMIZERS = ('sgd', 'nesterov', 'adam')
@@ -40,7 +46,9 @@ DEFAULTS = dict(data=None, out=None, epochs=24, peak_epoch=5., bs=512, opt='nest
                 mom=0.9, wd_bn_bias=False, label_smoothing=0., fc_scale=0.125, bn_mom=0.1, bn_eps=1e-5,
                 lr_rule='floor', ema=0., sync_bn=False, lr_from=None, precision='auto', compile=False,
                 cuda_graphs=False, zero_res_bn=False, bias_lr=1., deterministic=False)
-QUICK = dict(width=16, n_train=5000, n_test=1000, epochs=5, peak_epoch=1., bs=128)
+# --quick's range test: 10 batches a decade (about 70 to the divergence, a third of its 195 training batches) instead of 30
+# (about 200: as long as its training); LRMAX over range-test seeds 0-3 spread x1.41 at both lengths (issue 25)
+QUICK = dict(width=16, n_train=5000, n_test=1000, epochs=5, peak_epoch=1., bs=128, lr_find_iters=80)
 # Weight decay per optimizer when none is given: the common CIFAR-10 settings (SGD L2-style 5e-4, AdamW 1e-2).
 WD = dict(sgd=5e-4, nesterov=5e-4, adam=1e-2)
 
@@ -102,6 +110,22 @@ def interactive() -> bool:
     from fastcore.imports import IN_NOTEBOOK
     return IN_NOTEBOOK or sys.stdout.isatty()
 
+def home_path(p) -> str:
+    """`p` as a person reads it in a log or a notebook: relative to fastai's `Path.BASE_PATH` when a notebook set it (as
+    fastai's notebooks do, so that outputs show no machine's folders), under the home folder as `~/...` (no user's name
+    in a shared output), else as it is"""
+    base = getattr(Path, 'BASE_PATH', None)
+    if base is not None:
+        try: return str(Path(p).relative_to(base))
+        except ValueError: pass
+    p, home = str(p), str(Path.home())
+    return '~' + p[len(home):] if home not in ('/', '') and (p == home or p.startswith(home + os.sep)) else p
+
+def progress_secs() -> float:
+    "Seconds of wall time between two progress lines in a log (`$FAST_RESNET_PROGRESS_SECS`, default 15): a log is never silent for long"
+    try: return max(0., float(os.environ.get('FAST_RESNET_PROGRESS_SECS') or 15))
+    except ValueError: return 15.
+
 def shown_once(fig, created:bool=True):
     "`fig`, closed in pyplot when the caller `created` it, so that Jupyter shows it once: as the value the cell returns"
     if created:
@@ -157,7 +181,10 @@ def train_settings(**kw) -> dict:
         check(hi / lo <= MAX_LR_RATIO * (1 + 1e-9),
               f"--lr-max/--lr-min is {hi/lo:.3g}; the recipe allows at most {MAX_LR_RATIO:g} (a lower LRMIN is annihilation): raise --lr-min")
     if s['seed'] is None: s['seed'] = random.SystemRandom().randrange(2**31)  # recorded in config.json
+    LAST_SHAPE.update(bs=s['bs'], width=s['width'])  # what a CUDA out-of-memory error names
     return s
+
+LAST_SHAPE = {}  # the batch size and width of the last run set up in this process
 
 # %% ../nbs/00_core.ipynb #0c94ad7b
 LR_FILES = ('lr_find.json', 'config.json', 'study.json')  # what `lr-find`, `train` and `study` write, each with lr_min and lr_max
@@ -181,78 +208,6 @@ def settings_diffs(stored:dict, given:dict, skip=()) -> list:
     # a setting missing from `stored` did not exist when it was written: that run had its default
     old = lambda k: stored.get(k, DEFAULTS[k])
     return [f"{k} {old(k)!r} there, {given.get(k)!r} here" for k in DEFAULTS if k not in skip and old(k) != given.get(k)]
-
-# %% ../nbs/00_core.ipynb #cfa2709e
-def resolve_device(device:str='auto') -> str:
-    "The torch device name for `device`: 'auto' picks cuda, then mps, then cpu"
-    import torch
-    check(device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
-    mps = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
-    if device == 'auto': return 'cuda' if torch.cuda.is_available() else 'mps' if mps else 'cpu'
-    check(device != 'cuda' or torch.cuda.is_available(), "--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto")
-    check(device != 'mps' or mps, "--device mps was asked for but MPS is not available: use --device cpu or auto")
-    return device
-
-# %% ../nbs/00_core.ipynb #a9123061
-def device_info(device:str) -> dict:
-    "What the records say of `device` ('cpu', 'cuda', 'cuda:1', 'mps'): its kind, name and (CUDA) compute capability"
-    import platform, torch
-    kind = device.split(':')[0]
-    if kind == 'cuda':
-        d = torch.device(device)
-        major, minor = torch.cuda.get_device_capability(d)
-        return dict(device_type=kind, device_name=torch.cuda.get_device_name(d), compute_capability=f'{major}.{minor}')
-    name = 'Apple GPU (MPS)' if kind == 'mps' else f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
-    return dict(device_type=kind, device_name=name, compute_capability=None)
-
-_warned = set()  # the precision warnings said in this process: each once
-
-def resolve_precision(precision:str, device:str) -> str:
-    "The precision ('bf16', 'fp16', 'fp32') a run on `device` uses for `precision`; a choice the device cannot run is an error, one it only emulates a warning"
-    import sys, torch
-    check(precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    kind = device.split(':')[0]
-    if kind != 'cuda':  # the CPU and MPS: fp32 unless asked; both run bf16 and fp16 autocast, untuned
-        if kind == 'mps' and precision == 'bf16':
-            try: torch.ones(1, dtype=torch.bfloat16, device='mps')
-            except Exception: raise FastResnetError("--precision bf16 does not run on this Mac's MPS (it needs macOS 14): use fp16 or fp32") from None
-        return 'fp32' if precision == 'auto' else precision
-    d = torch.device(device)
-    cc, name = torch.cuda.get_device_capability(d), torch.cuda.get_device_name(d)
-    auto = 'bf16' if cc >= (8, 0) else 'fp16'  # bf16 tensor cores from Ampere (8.0) on; fp16 ones from Volta (7.0)
-    where = f"{name} (compute capability {cc[0]}.{cc[1]})"
-    if precision == 'bf16' and cc < (8, 0):
-        check(torch.cuda.is_bf16_supported(including_emulation=True), f"--precision bf16 does not run on {where}: use --precision {auto} or auto")
-        if ('bf16', where) not in _warned:
-            _warned.add(('bf16', where))
-            print(f"warning: --precision bf16 on {where} is emulated (no bf16 tensor cores): slow, and its sums less exact; "
-                  f"--precision auto would use {auto}", file=sys.stderr, flush=True)
-    check(precision != 'fp16' or cc >= (5, 3), f"--precision fp16 does not run on {where} (it needs compute capability 5.3): use fp32")
-    return auto if precision == 'auto' else precision
-
-def check_device_settings(s:dict) -> str:
-    "The device the settings `s` (from `train_settings`) run on, after refusing what it cannot run: the device, CUDA graphs, the precision"
-    dev = resolve_device(s['device'])
-    check(not s.get('cuda_graphs') or dev == 'cuda', "--cuda-graphs needs a CUDA GPU (it captures CUDA graphs): drop it, or use --compile")
-    resolve_precision(s.get('precision', 'auto'), dev)
-    return dev
-
-# %% ../nbs/00_core.ipynb #50d20e65
-def launched_world() -> int:
-    "How many processes a launcher started for this run (`$WORLD_SIZE`, set by torchrun and accelerate launch); 1 without one"
-    try: return max(1, int(os.environ.get('WORLD_SIZE') or 1))
-    except ValueError: raise FastResnetError(f"$WORLD_SIZE is {os.environ['WORLD_SIZE']!r}, not a number of processes: start with torchrun or accelerate launch") from None
-
-def check_parallel(s:dict, world:int):
-    "Refuse the settings `s` (from `train_settings`) where a data-parallel run of `world` processes cannot run them"
-    if world <= 1: return
-    lo = s['bs'] // world * world
-    check(s['bs'] % world == 0, f"--bs {s['bs']} does not split over the {world} processes (each takes --bs / {world}): "
-                                f"give a multiple of {world}, such as {lo or world}" + (f" or {lo + world}" if lo else ''))
-    check(s['loader'] == 'fast', f"--loader {s['loader']} does not run data-parallel: use --loader fast (the default) "
-                                 "under a launcher, or run the datablock loader in one process")
-    check(not s['sync_bn'] or resolve_device(s['device']) == 'cuda',
-          "--sync-bn needs CUDA GPUs (torch's SyncBatchNorm does not run on a CPU): drop --sync-bn")
 
 # %% ../nbs/00_core.ipynb #e6867a5c
 def run_folder(out=None, exist_ok:bool=False, create:bool=True) -> Path:

@@ -8,7 +8,8 @@ import os, pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-from .core import FastResnetError, check, train_settings, resolve_device
+from .core import FastResnetError, check, train_settings, home_path
+from .device import resolve_device
 
 # %% auto #0
 __all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'CLASSES', 'IMG_SIZE', 'find_data', 'CifarData', 'CifarItem', 'cifar_x', 'cifar_y',
@@ -48,7 +49,7 @@ class CifarData:
     test: list = field(repr=False)
     checked: tuple = field(default=None, repr=False)  # the (n_train, n_test, decode) whose images `check_data` checked
     eval_split: str = 'test'  # what `test` holds: the test set, or ('valid') training images held out by `holdout`
-    def __repr__(self): return f"CifarData({self.layout}: {len(self.train)} train, {len(self.test)} {self.eval_split} images, {self.path})"
+    def __repr__(self): return f"CifarData({self.layout}: {len(self.train)} train, {len(self.test)} {self.eval_split} images, {home_path(self.path)})"
 
 @dataclass
 class CifarItem:
@@ -172,7 +173,7 @@ def read_image(f, size:int=IMG_SIZE, decode:bool=True):
             a = np.asarray(im if im.mode == 'RGB' else im.convert('RGB')) if decode and (w, h) == (size, size) else None
     except Exception as e:  # cut short, empty, not an image, a folder...: whatever PIL raises, the file is the answer
         why = 'not an image' if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
-        raise FastResnetError(f"cannot read image {f} ({why}): replace or remove it") from None
+        raise FastResnetError(f"cannot read image {home_path(f)} ({why}): replace or remove it") from None
     check((w, h) == (size, size), f"image {f} is {w}x{h}; CIFAR-10 images are {size}x{size}: remove or resize it")
     return a
 

@@ -4,13 +4,14 @@
 
 # %% ../nbs/06b_distributed.ipynb #a1fa7c33
 from __future__ import annotations
-import atexit, os, signal, traceback
+import atexit, os, re, signal, traceback
 from contextlib import contextmanager
 from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
-from .core import FastResnetError, check, launched_world, resolve_device  # first: it quiets a warning of fastai's import
+from .core import FastResnetError, check  # first: it quiets a warning of fastai's import
+from .device import launched_world, resolve_device
 from fastai.vision.all import Callback
 from .fast_data import DeviceDL
 try: from fastai.distributed import DistributedTrainer  # fastai's module needs accelerate (the `distributed` extra)
@@ -210,12 +211,26 @@ def _stopped_by_launcher(signum, frame):
 _OTHERS = ('/gloo/', 'Watchdog caught collective operation timeout', 'NCCL communicator was aborted', 'ProcessGroupNCCL',
            'NCCL error', 'ncclRemoteError', 'ncclSystemError', 'Connection reset by peer', 'Broken pipe')
 
-def failure(e:BaseException, out, epochs:int) -> ProcessFailed:
-    "This process's one-line error for the exception `e` that ended its part of a data-parallel run"
+def failure(e:BaseException, out, epochs:int=None) -> ProcessFailed:
+    "This process's one-line error for the exception `e` that ended its part of a data-parallel run; `epochs` None: it ended while the processes set the run up"
     # the launcher's SIGTERM, which comes once a process has failed, then ends this one quietly: it has said what happened
     try: signal.signal(signal.SIGTERM, signal.SIG_DFL)
     except ValueError: pass  # not the main thread
-    keep = f"{out} keeps {epochs} finished epoch{'s' * (epochs != 1)}: --resume continues it"
+    keep = f"{out} keeps {epochs} finished epoch{'s' * (epochs != 1)}: --resume continues it" if epochs is not None else 'nothing was trained'
+    msg = ' '.join(str(e).split())
+    if type(e).__name__ == 'OutOfMemoryError':
+        from fast_resnet.cli import out_of_memory
+        return ProcessFailed(f"rank {rank()} of {world()}: {out_of_memory(e)}; {keep}")
+    if epochs is None and not isinstance(e, LauncherStopped) and (isinstance(e, dist.DistError) or 'NCCL' in msg or '/gloo/' in msg):
+        # the first collective (the settings' broadcast) sets the communicators up: NCCL's classic failure there is
+        # Docker's 64 MB /dev/shm
+        shm = 'shm' in msg or 'shared memory' in msg.lower()
+        hint = ("NCCL could not make its shared memory in /dev/shm: in Docker run with --ipc=host or --shm-size=2g, or set "
+                "NCCL_SHM_DISABLE=1" if shm else "NCCL_DEBUG=INFO says why")
+        lines = [re.sub(r'^NCCL error in: \S+, ', '', l.strip()) for l in str(e).splitlines() if l.strip()] or ['']
+        what = lines[0][:120] + (f" ... {lines[-1][:120]}" if len(lines) > 1 else '')  # what failed, and NCCL's last error
+        return ProcessFailed(f"rank {os.environ.get('RANK', rank())} of {launched_world()} could not set up the data-parallel run "
+                             f"at its first collective ({type(e).__name__}: {what}): {hint}")
     if isinstance(e, LauncherStopped):
         return ProcessFailed(f"rank {rank()} of {world()} stopped: the launcher sent SIGTERM (another process failed, or the launch "
                              f"was stopped); {keep}")
@@ -223,6 +238,5 @@ def failure(e:BaseException, out, epochs:int) -> ProcessFailed:
         what = 'timed out waiting for it in a collective (NCCL watchdog)' if 'Watchdog' in str(e) or 'timed out' in str(e).lower() else type(e).__name__
         return ProcessFailed(f"rank {rank()} of {world()} stopped: another process of the run failed, was killed or hung "
                              f"({what}); {keep}")
-    traceback.print_exception(e)
-    msg = ' '.join(str(e).split())  # one line, with fastai's note of the callback that raised it
+    traceback.print_exception(e)  # one line, with fastai's note of the callback that raised it, after the traceback
     return ProcessFailed(f"rank {rank()} of {world()} failed: {type(e).__name__}: {msg[:300]}; {keep}")

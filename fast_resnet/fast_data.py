@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from fastai.vision.all import (TfmdDL, DataLoaders, Transform, TensorImage, TensorCategory, IntToFloatTensor, Normalize,
                                ToTensor, default_device, store_attr)
-from .core import FastResnetError, check, PAD_MODES, interactive
+from .core import FastResnetError, check, PAD_MODES, interactive, progress_secs, home_path
 from .data import *
 from .augment import *
 
@@ -34,8 +34,14 @@ def _decode_all(files, workers=None) -> np.ndarray:
     fork = sys.platform.startswith('linux') and 'fork' in multiprocessing.get_all_start_methods()
     if workers is None: workers = min(16, os.cpu_count() or 1) if len(files) >= 4000 else 0
     chunks = [c.tolist() for c in np.array_split(np.array(files, dtype=object), max(1, min(len(files) // 500, max(workers, 1) * 8)))]
-    def counted(parts):  # a bar in a notebook or a terminal, counting images; nothing in a log (the caller says it in a line)
-        if not interactive(): return list(parts)
+    def counted(parts):  # a bar in a notebook or a terminal, counting images; in a log a line every `progress_secs()`
+        if not interactive():
+            done, out, t0 = 0, [], time.monotonic(); last = t0
+            for c, part in zip(chunks, parts):
+                done += len(c); out.append(part)
+                if time.monotonic() - last >= progress_secs() and done < len(files):
+                    last = time.monotonic(); print(f"decoding: {done:,} of {len(files):,} images, {last - t0:.0f} s", flush=True)
+            return out
         from fastprogress.fastprogress import progress_bar
         done, out, pb = 0, [], progress_bar(parts, total=len(chunks), leave=False)
         for c, part in zip(chunks, pb):
@@ -108,7 +114,7 @@ def decode_cifar(data:CifarData, n_train=None, n_test=None, cache_dir=None, work
         cached = _load_cache(f, fp, len(train), len(test))
         if cached is not None: res.update(cached, cache=f, source='cache')
         else:
-            print(f"decoding {len(train) + len(test):,} images once (later runs read them from {f.parent})", flush=True)
+            print(f"decoding {len(train) + len(test):,} images once (later runs read them from {home_path(f.parent)})", flush=True)
             x = _decode_all(list(train) + list(test), workers).transpose(0, 3, 1, 2)  # HWC -> CHW, one copy below
             print(f"decoded {len(train) + len(test):,} images in {time.perf_counter() - t0:.1f} s", flush=True)
             res.update(train_x=np.ascontiguousarray(x[:len(train)]), train_y=labels(train),

@@ -12,6 +12,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from fastai.vision.all import Callback
 from .core import *
+from .device import *
 from .lr import one_cycle_kwargs
 from .levers import WeightEMA
 from .checkpoint import Checkpoint

@@ -40,7 +40,12 @@ def load(path, cpu:bool=True):
             learn = torch.load(p, map_location='cpu' if cpu else None, weights_only=False)
     except ModuleNotFoundError as e:
         raise FastResnetError(f"{p} needs the Python package {e.name!r}, which is not installed: pip install it") from None
-    except (pickle.UnpicklingError, EOFError, RuntimeError, AttributeError, ValueError) as e:
+    except RuntimeError as e:
+        if 'CUDA' in str(e):  # torch's 'Attempting to deserialize object on a CUDA device ...': saved on a GPU, no CUDA here
+            raise FastResnetError(f"{p} was saved on a CUDA GPU and torch cannot use CUDA here: load it with "
+                                  "load(path, cpu=True) (the fast_resnet predict command does)") from None
+        raise FastResnetError(f"{p} is not a model exported by fast_resnet ({type(e).__name__}): give a run's model.pkl") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
         raise FastResnetError(f"{p} is not a model exported by fast_resnet ({type(e).__name__}): give a run's model.pkl") from None
     check(isinstance(learn, Learner), f"{p} is not a model exported by fast_resnet: give a run's model.pkl")
     if cpu:

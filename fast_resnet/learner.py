@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .core import *
+from .device import *
 from .data import *
 from .augment import *
 from .custom_resnet import CustomResNet
@@ -17,8 +18,11 @@ from .levers import *
 from .precision import DeviceMixedPrecision
 import numpy as np
 from fastai.vision.all import (Learner, Recorder, ProgressCallback, TrainEvalCallback, Callback, CrossEntropyLossFlat,
-                               L, noop, ChannelsLast, CastToTensor, ParamScheduler, OptimWrapper, event)
+                               L, noop, ChannelsLast, CastToTensor, ParamScheduler, OptimWrapper, event,
+                               AvgMetric, accuracy, error_rate, trainable_params)
+from fastai.learner import _maybe_item
 from fastai.callback.core import _inner_loop
+from contextlib import contextmanager
 from fastprogress.fastprogress import format_time
 from fastcore.imports import IN_NOTEBOOK
 
@@ -38,19 +42,30 @@ class DeviceSmoothLoss:
     @property
     def value(self): return self.val / (1 - self.beta**self.count) if self.count else None
 
+def _device_metric(m):
+    "fastai's `accuracy` or `error_rate` as a learner's metric, which the recorder computes from its count on the device; None for any other"
+    f = getattr(m, 'func', None)
+    return f if type(m) is AvgMetric and f in (accuracy, error_rate) else None
+
 class EpochRecorder(Recorder):
-    "`Recorder` whose epoch row is (epoch, lr, train_loss, train_acc, test_loss, test_acc, time), summed on the device"
+    "fastai's `Recorder` (its `metric_names`, `values`, `log`, `lrs`, `losses`) with the losses and accuracy summed on the device and read once an epoch; `rows` is the run's own record (epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds)"
     name = 'recorder'  # fastai names a callback's attribute after its class: keep fastai's name
-    names = ('lr', 'train_loss', 'train_acc', 'test_loss', 'test_acc')
+    names = ('lr', 'train_loss', 'train_acc', 'test_loss', 'test_acc')  # a row of `rows` (`history.csv`)
     def __init__(self, beta:float=0.98):
         super().__init__(add_time=True, train_metrics=False, beta=beta)
-        self.smooth_loss = DeviceSmoothLoss(beta)
+        self.smooth_loss, self.rows = DeviceSmoothLoss(beta), []
     def before_fit(self):
-        super().before_fit()
-        self.metric_names, self.rows = L('epoch', *self.names, 'time'), []
+        super().before_fit()  # fastai's names: epoch, train_loss, valid_loss, the learner's metrics, time
+        self._n_read, self._new_fit = 0, True
+        self._host_mets = [m for m in self.metrics if _device_metric(m) is None]  # run fastai's way
+    def before_train(self):
+        # `rows` start again with a fit that trains: `validate` and `get_preds` (which start fastai's record again) keep them
+        if self._new_fit: self.rows, self._new_fit = [], False
     def before_epoch(self):
         super().before_epoch()
         self._sums, self._counts, self.trained_epoch = {}, {}, False
+    def before_validate(self):
+        for m in self._host_mets: m.reset()
     def after_batch(self):
         if len(self.yb) == 0: return
         with torch.no_grad():
@@ -60,33 +75,47 @@ class EpochRecorder(Recorder):
         k = 'train' if self.training else 'test'
         self._sums[k] = s if k not in self._sums else self._sums[k] + s
         self._counts[k] = self._counts.get(k, 0) + n  # counted on the host, which knows it
-        if not self.training: return
+        if not self.training:
+            for m in self._host_mets: m.accumulate(self.learn)
+            return
         self.smooth_loss.accumulate(self.learn)  # lr_find and the bars use the smoothed loss
-        sched = getattr(self.learn, 'param_scheduler', None)  # the LR it just set, without building fastai's `opt.hypers`
-        self.lrs.append(sched._vals['lr'][-1] if isinstance(sched, OneSchedule) and 'lr' in sched._vals else self.opt.hypers[-1]['lr'])
+        opt = self.opt  # the LR the step used, as the optimizer holds it: the scheduler's, or a later callback's
+        self.lrs.append(opt.opt.param_groups[-1]['lr'] if isinstance(opt, OptimWrapper) else opt.hypers[-1]['lr'])
         self.losses.append(self.smooth_loss.value)
         self.learn.smooth_loss = self.smooth_loss.value
     def after_train(self): pass
     def after_validate(self): pass
-    def _means(self, k):
-        if k not in self._sums: return [None, None]
-        loss, correct = self._sums[k].tolist()  # the one read from the device per epoch and split
-        return [loss / self._counts[k], correct / self._counts[k]]
+    def _read(self):
+        "The epoch's sums, and the smoothed losses not read yet (made floats in `losses`): one read from the device"
+        ks, new = list(self._sums), self.losses[self._n_read:]
+        t = [self._sums[k].float() for k in ks] + ([torch.stack([o.detach().float() for o in new])] if new else [])
+        vals = torch.cat(t).tolist()
+        self.losses[self._n_read:], self._n_read = vals[2 * len(ks):], len(self.losses)
+        return {k: [vals[2 * i] / self._counts[k], vals[2 * i + 1] / self._counts[k]] for i, k in enumerate(ks)}
+    def _metric(self, m, acc):
+        f = _device_metric(m)
+        if acc is None: return None  # nothing scored (validation skipped)
+        return acc if f is accuracy else 1 - acc if f is error_rate else _maybe_item(m)
     def after_epoch(self):
         if not self._sums: return  # an epoch skipped on resume: nothing ran
         trained = self.trained_epoch = 'train' in self._sums
-        lr = self.lrs[-1] if trained and self.lrs else None
-        row = [lr] + self._means('train') + self._means('test')
+        means = self._read()
+        train, test = means.get('train', [None, None]), means.get('test', [None, None])
         secs = time.time() - self.start_epoch
-        if trained: self.rows.append(dict(epoch=self.epoch + 1, **dict(zip(self.names, row)), seconds=secs))
-        self.learn.final_record = row if trained else row[3:]  # `learn.validate()` returns [test_loss, test_acc]
+        if trained:
+            row = [self.lrs[-1] if self.lrs else None] + train + test
+            self.rows.append(dict(epoch=self.epoch + 1, **dict(zip(self.names, row)), seconds=secs))
+        # fastai's record: [train_loss, valid_loss, *metrics]; `learn.validate()` returns [valid_loss, *metrics]
+        self.learn.final_record = [train[0]] * trained + [test[0]] + [self._metric(m, test[1]) for m in self.metrics]
         self.values.append(self.learn.final_record)
-        self.log = L(self.epoch + 1, *row, format_time(secs))
+        self.log = L(self.epoch + 1, *self.learn.final_record, format_time(secs))
         self.logger(self.log)
         self.iters.append(self.smooth_loss.count)
     def after_fit(self):
-        if self.losses and all(isinstance(o, torch.Tensor) for o in self.losses):  # stacked on the device: one copy
-            self.losses = L(torch.stack([o.detach().float() for o in self.losses]).cpu().tolist())
+        new = self.losses[getattr(self, '_n_read', 0):]  # a fit cancelled inside an epoch (`lr_find`): one copy
+        if new and all(isinstance(o, torch.Tensor) for o in new):
+            self.losses[len(self.losses) - len(new):] = torch.stack([o.detach().float() for o in new]).cpu().tolist()
+        self.losses = L(self.losses)
 
 # %% ../nbs/04_learner.ipynb #219814b3
 class BarProgress(ProgressCallback):
@@ -101,13 +130,31 @@ class BarProgress(ProgressCallback):
 
 def _fmt(v): return '-' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
 
+class _NoGraph:
+    "Where `ShowGraphCallback` draws beside plain lines: nowhere, as fastai's console bar does"
+    def update_graph(self, *args, **kwargs): pass
+
 class EpochLine(Callback):
-    "Print one plain line per epoch (for logs); silent when fastai turns logging off (as `lr_find` does)"
+    "Print one plain line per epoch (for logs), and between them a line every `secs` of wall time (default `progress_secs()`), in the range test too: a log is never silent for long"
     order = 60
+    name, mbar = 'progress', _NoGraph()  # fastai's progress callback: `ShowGraphCallback` finds it
+    def __init__(self, secs:float=None): self.secs = secs
     def before_fit(self):
         self.old_logger = self.learn.logger
         if self.learn.logger is not noop: self.learn.logger = self._line
+        self.t_fit = self.t_epoch = self.last = time.monotonic()
+    def before_epoch(self): self.t_epoch = time.monotonic()
+    def after_batch(self):
+        # a clock read per batch: no read from the device, no write, unless a line is due
+        if not self.training or time.monotonic() - self.last < (progress_secs() if self.secs is None else self.secs): return
+        self.last = now = time.monotonic()
+        if hasattr(self.learn, 'lr_finder'):  # the range test reads its smoothed loss every batch anyway (its stop on divergence)
+            loss = getattr(self.learn, 'smooth_loss', None)
+            print(f"LR range test: {self.train_iter} of up to {self.lr_finder.num_it} batches, LR {self.opt.hypers[-1]['lr']:.3g}"
+                  + (f", loss {float(loss):.3f}" if loss is not None else '') + f", {now - self.t_fit:.0f} s", flush=True)
+        else: print(f"epoch {self.epoch + 1}/{self.n_epoch}: {self.iter + 1} of {self.n_iter} batches, {now - self.t_epoch:.0f} s", flush=True)
     def _line(self, log):
+        self.last = time.monotonic()
         names = self.recorder.metric_names
         print('  '.join(f'{n} {_fmt(v)}' if n != 'epoch' else f'epoch {v}/{self.n_epoch}' for n, v in zip(names, log)), flush=True)
     def after_fit(self): self.learn.logger = self.old_logger
@@ -119,6 +166,12 @@ def progress_cb():
 # %% ../nbs/04_learner.ipynb #1e89d519
 def _hyper_setter(opt):
     "A function `set(name, values)` giving each parameter group its value of the hyper-parameter `name` as fastai's `set_hyper` would, without its per-call overhead; it returns False where only `set_hyper` knows how"
+    if isinstance(opt, LayerGroups):  # fastai's layer groups, each one or more of PyTorch's groups
+        def set_(n, vs):
+            if '__' in opt.bwd_map.get(n, n): return False
+            opt._set_hyper(n, vs)
+            return True
+        return set_
     if isinstance(opt, OptimWrapper):
         groups = opt.opt.param_groups
         def set_(n, vs):
@@ -186,6 +239,14 @@ class CifarLearner(Learner):
         dev = next(self.model.parameters()).device
         if all(not isinstance(o, torch.Tensor) or o.device == dev for o in b): return b  # the fast loader's batches are there already
         return super()._set_device(b)
+    @contextmanager
+    def no_bar(self):
+        "fastai's `no_bar`, putting back the same progress callback (fastai's puts back its own `ProgressCallback`)"
+        cb = getattr(self, 'progress', None)
+        if cb is not None: self.remove_cb(cb)
+        try: yield self
+        finally:
+            if cb is not None: self.add_cb(cb)
     def fit(self, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0):
         cbs = [OneSchedule(cb.scheds) if type(cb) is ParamScheduler else cb for cb in L(cbs)]
         return super().fit(n_epoch, lr=lr, wd=wd, cbs=cbs, reset_opt=reset_opt, start_epoch=start_epoch)
@@ -214,11 +275,13 @@ class Compiled(torch.nn.Module):
 def cifar_learner(dls, c:int=64, opt:str=DEFAULTS['opt'], wd:float=None, path='.', cbs=None, mom=DEFAULTS['mom'],
                   wd_bn_bias:bool=False, label_smoothing:float=0., fc_scale:float=DEFAULTS['fc_scale'],
                   bn_mom:float=0.1, bn_eps:float=1e-5, zero_res_bn:bool=False, bias_lr:float=1., precision:str='auto',
-                  compile:bool=False, cuda_graphs:bool=False):
-    "A `Learner` for `CustomResNet(c)` on `dls`, with cross-entropy loss, writing under `path`; the defaults are `train`'s"
+                  compile:bool=False, cuda_graphs:bool=False, deterministic:bool=False,
+                  metrics=accuracy, splitter=trainable_params):
+    "A `Learner` for `CustomResNet(c)` on `dls`, with cross-entropy loss, writing under `path`; the defaults are `train`'s; `metrics` and `splitter` are fastai's"
     wd = WD[opt] if wd is None else wd
     dev = torch.device(dls.device if dls.device is not None else 'cpu')
     precision = resolve_precision(precision, str(dev))
+    set_cudnn(dev, deterministic)  # cuDNN's autotuner on CUDA, for a notebook's learner as for `train`
     # on its device before the optimizer is made: a fused optimizer is made for its parameters' device
     model = CustomResNet(c, len(dls.vocab), fc_scale=fc_scale, bn_mom=bn_mom, bn_eps=bn_eps, zero_res_bn=zero_res_bn).to(dev)
     # fused SGD on CUDA (one kernel for every parameter: less for the host to queue) and wherever fp16 runs, whose
@@ -228,7 +291,7 @@ def cifar_learner(dls, c:int=64, opt:str=DEFAULTS['opt'], wd:float=None, path='.
                     opt_func=opt_func(opt, wd, wd_bn_bias, bias_lr, fused=fused),
                     wd=None if opt == 'nesterov' else wd,  # nesterov_sgd sets its decay per parameter group itself
                     moms=(0.95, 0.85, 0.95) if mom == 'cycle' else (mom,) * 3,  # what fit_one_cycle schedules
-                    wd_bn_bias=wd_bn_bias, path=path, default_cbs=False,
+                    wd_bn_bias=wd_bn_bias, path=path, default_cbs=False, metrics=metrics, splitter=splitter,
                     # fastai's default CastToTensor: the model sees plain tensors, so `predict` returns no `TensorImage`
                     cbs=[TrainEvalCallback(), CastToTensor(), EpochRecorder(), progress_cb()] + L(cbs))
     learn.precision = precision
@@ -243,7 +306,8 @@ def learner_kwargs(s:dict) -> dict:
     "The arguments of `cifar_learner` from a run's settings `s` (`train_settings`, with `precision_used` once known)"
     return dict(c=s['width'], opt=s['opt'], wd=s['wd'], mom=s['mom'], wd_bn_bias=s['wd_bn_bias'], label_smoothing=s['label_smoothing'],
                 fc_scale=s['fc_scale'], bn_mom=s['bn_mom'], bn_eps=s['bn_eps'], zero_res_bn=s['zero_res_bn'], bias_lr=s['bias_lr'],
-                precision=s.get('precision_used', s['precision']), compile=s['compile'], cuda_graphs=s['cuda_graphs'])
+                precision=s.get('precision_used', s['precision']), compile=s['compile'], cuda_graphs=s['cuda_graphs'],
+                deterministic=s.get('deterministic', False))
 
 def set_cudnn(device, deterministic:bool=False):
     "cuDNN's autotuner on for CUDA runs (it picks the fastest convolution for each shape), off where a run asks to be `deterministic`"

@@ -8,35 +8,76 @@ from functools import partial
 import copy
 import torch
 from fastai.vision.all import SGD, Adam, OptimWrapper, Callback, L
+from fastai.optimizer import set_item_pg, detuplify_pg
 from .core import OPTIMIZERS, check
 
 # %% auto #0
-__all__ = ['ScaledSGD', 'nesterov_sgd', 'opt_func', 'WeightEMA', 'FlipInput', 'flip_tta']
+__all__ = ['ScaledSGD', 'LayerGroups', 'nesterov_sgd', 'opt_func', 'WeightEMA', 'FlipInput', 'flip_tta']
 
 # %% ../nbs/03a_levers.ipynb #643ab3ba
 class ScaledSGD(torch.optim.SGD):
     "PyTorch's SGD in which a parameter group's `lr_scale` multiplies the LR that fastai's scheduler sets for it"
     def step(self, closure=None):
-        if not getattr(self, '_buffers_made', False):
+        if getattr(self, '_zeroed', None) is not self.state:
             # Momentum starts at zero, made here: the fused step makes it uninitialised (`empty_like`) if the first step is
             # skipped (fp16 gradients that overflow), and then reads that garbage as momentum. buf = 0.9 * 0 + g = g, exactly
-            # what the first step sets otherwise.
+            # what the first step sets otherwise. Checked again for every new state: `load_state_dict` (fastai's `lr_find`
+            # reloads the state it saved, empty) and fastai's `clear_state` replace `self.state`.
             for g in self.param_groups:
                 for p in g['params']:
                     if g['momentum'] and 'momentum_buffer' not in self.state[p]: self.state[p]['momentum_buffer'] = torch.zeros_like(p)
-            self._buffers_made = True
+            self._zeroed = self.state
         lrs = [g['lr'] for g in self.param_groups]
         for g in self.param_groups: g['lr'] = g['lr'] * g.get('lr_scale', 1.)
         try: return super().step(closure)
         finally:
             for g, lr in zip(self.param_groups, lrs): g['lr'] = lr
 
+def _number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+class _Hypers(dict):
+    "One layer group's hyper-parameters under fastai's names; setting one sets it in the optimizer, as in fastai's `Optimizer`"
+    def __init__(self, wrapper, i, d): super().__init__(d); self.wrapper, self.i = wrapper, i
+    def __setitem__(self, k, v):
+        super().__setitem__(k, v)
+        self.wrapper._set_one(self.i, k, v)
+
+class LayerGroups(OptimWrapper):
+    "fastai's `OptimWrapper` for a PyTorch optimizer whose parameter groups subdivide fastai's layer groups (`sizes[i]` PyTorch groups for layer group `i`): fastai sees, freezes and schedules the layer groups"
+    def __init__(self, opt, sizes):
+        super().__init__(opt=opt)
+        ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+        self.slices = [slice(e - n, e) for e, n in zip(ends, sizes)]  # by index: `load_state_dict` makes new group dicts
+    def _groups(self, i): return self.opt.param_groups[self.slices[i]]
+    def _set_one(self, i, k, v):
+        k = self.bwd_map.get(k, k)
+        for g in self._groups(i): set_item_pg(g, k, v * g.get('wd_scale', 1.) if k == 'weight_decay' else v)
+    def _set_hyper(self, k, v):
+        for i, v_ in enumerate(v): self._set_one(i, k, v_)
+    @property
+    def hypers(self):
+        "A dict per layer group (its first PyTorch group's numbers, under fastai's names); what is set in one reaches the optimizer"
+        pgs = self.opt.param_groups
+        return [_Hypers(self, i, {self.fwd_map.get(k, k): v for k, v in detuplify_pg(pgs[s.start]).items()
+                                  if _number(v) and k not in ('lr_scale', 'wd_scale')}) for i, s in enumerate(self.slices)]
+    @property
+    def param_lists(self): return [[p for g in self._groups(i) for p in g['params']] for i in range(len(self.slices))]
+    def clear_state(self):
+        super().clear_state()
+        self.opt._buffers_made = False  # momentum starts at zero again
+
 def nesterov_sgd(params, lr:float, mom:float=0.9, wd:float=0., wd_bn_bias:bool=False, bias_lr:float=1., fused=None):
-    "PyTorch's SGD with Nesterov momentum, L2 weight decay `wd` (not on 1-D parameters unless `wd_bn_bias`) and `bias_lr` times the LR on them, for fastai"
-    ps = [p for g in L(params) for p in L(g)]
-    weights, rest = [p for p in ps if p.ndim > 1], [p for p in ps if p.ndim <= 1]  # BatchNorm's weights and biases, the FC bias
-    groups = [dict(params=weights, weight_decay=wd)] + ([dict(params=rest, weight_decay=wd if wd_bn_bias else 0., lr_scale=bias_lr)] if rest else [])
-    return OptimWrapper(opt=ScaledSGD(groups, lr=lr, momentum=mom, nesterov=True, fused=fused))
+    "PyTorch's SGD with Nesterov momentum, L2 weight decay `wd` (not on 1-D parameters unless `wd_bn_bias`) and `bias_lr` times the LR on them, for fastai: `params` are the parameters, or the layer groups a fastai splitter gives"
+    params = L(params)
+    layers = [L(g) for g in params] if len(params) and isinstance(params[0], (list, tuple, L)) else [params]
+    groups, sizes = [], []
+    for ps in layers:
+        weights, rest = [p for p in ps if p.ndim > 1], [p for p in ps if p.ndim <= 1]  # BatchNorm's weights and biases, the FC bias
+        sub = [dict(params=weights, weight_decay=wd, wd_scale=1., lr_scale=1.)] if weights or not rest else []
+        wd_scale = 1. if wd_bn_bias else 0.
+        if rest: sub.append(dict(params=rest, weight_decay=wd * wd_scale, wd_scale=wd_scale, lr_scale=bias_lr))
+        groups += sub; sizes.append(len(sub))
+    return LayerGroups(ScaledSGD(groups, lr=lr, momentum=mom, nesterov=True, fused=fused), sizes)
 
 def opt_func(opt:str='sgd', wd:float=0., wd_bn_bias:bool=False, bias_lr:float=1., fused=None):
     "The fastai optimizer function for 'sgd' (L2 decay), 'nesterov' (L2 decay; `fused` kernels where asked) or 'adam' (decoupled decay, i.e. AdamW)"
@@ -49,8 +90,12 @@ def opt_func(opt:str='sgd', wd:float=0., wd_bn_bias:bool=False, bias_lr:float=1.
 class WeightEMA(Callback):
     "Keep an exponential moving average of the weights and BatchNorm statistics with decay `decay` per batch; score with it, and leave it in the model after the fit"
     order = 5  # after ChannelsLast (-1) has converted the model: the average is a copy of it
-    def __init__(self, decay:float=0.99): self.decay, self.averaged, self._pending = decay, None, None
-    def before_fit(self):
+    def __init__(self, decay:float=0.99): self.decay, self.averaged, self._pending, self._live = decay, None, None, None
+    def before_fit(self): self._live = None
+    def before_train(self):
+        # the copy is made here, not in `before_fit`: a data-parallel run's `DistributedTrainer` (order 11) gives every
+        # process rank 0's weights in its `before_fit`, and the average must start from those
+        if self._live is not None: return
         if self.averaged is None:
             self.averaged = copy.deepcopy(self.learn.model).eval().requires_grad_(False)
             if self._pending is not None: self.averaged.load_state_dict(self._pending)

@@ -13,7 +13,7 @@ from .core import MAX_LR_RATIO, LR_RULES, DEFAULTS, check, shown_once
 __all__ = ['RANGE_START', 'RANGE_END', 'PER_DECADE', 'MIDDLE_AT', 'LRMIN', 'LRMAX', 'smooth_losses', 'per_decade',
            'range_features', 'ema_losses', 'lr_bounds', 'BatchLosses', 'RangeTest', 'find_lr_range', 'fastai_window',
            'plot_lr_find', 'lr_suggestions', 'one_cycle_kwargs', 'one_cycle_lrs', 'plot_schedule', 'cyclic_lr',
-           'triangular_sched', 'plot_cyclic_lr']
+           'triangular_sched', 'whole_cycles', 'plot_cyclic_lr']
 
 # %% ../nbs/03_lr.ipynb #5497bf4c
 RANGE_START, RANGE_END, PER_DECADE = 1e-5, 1e3, 30  # where the test starts, how far it may go, batches per decade
@@ -258,6 +258,12 @@ def triangular_sched(lr_min:float, lr_max:float, n_cycles:int=1):
     "`cyclic_lr` as a fastai schedule over training position `pos` in [0, 1]"
     def _inner(pos): return float(cyclic_lr(pos * 2 * n_cycles, lr_min, lr_max, 1))
     return _inner
+
+def whole_cycles(epochs:int, iters_per_epoch:int, epochs_per_cycle:float=4) -> tuple:
+    "`(step_size, iters)` of the triangular cycles of about `epochs_per_cycle` epochs that fill a run of `epochs`: whole cycles, none cut short"
+    n = max(1, round(epochs / epochs_per_cycle))
+    step = max(1, round(epochs * iters_per_epoch / (2 * n)))
+    return step, 2 * n * step
 
 def plot_cyclic_lr(lr_min:float, lr_max:float, step_size:int=500, n_cycles:int=3, iters:int=None, ax=None):
     "Plot the triangular schedule: `n_cycles` cycles, or over `iters` iterations (a run's length) if given"

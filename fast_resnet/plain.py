@@ -8,6 +8,7 @@ import contextlib, copy, time
 import torch
 import torch.nn.functional as F
 from .core import *
+from .device import *
 from .data import CIFAR_MEAN, CIFAR_STD, IMG_SIZE
 from .augment import CUTOUT
 from .fast_data import crop_flip

@@ -27,29 +27,41 @@ class DeviceMixedPrecision(MixedPrecision):
         self._pending = None
         self.skips = torch.zeros((), device=dev)  # fp16 steps skipped for inf/NaN gradients, summed where they happen
 
-    @property
-    def _step_supports_amp_scaling(self): return self._fused is not None  # `GradScaler.step` then hands us the flag
+    _step_supports_amp_scaling = True  # `GradScaler.step` hands us the scale and the overflow flag: it reads nothing
 
     def before_step(self):
         if not self.scaler.is_enabled(): return  # bf16: a plain step
         opt = getattr(self.opt, 'opt', None)  # the PyTorch optimizer inside fastai's `OptimWrapper`
         self._fused = opt if getattr(opt, '_step_supports_amp_scaling', False) else None
-        self.skipped = True
-        self.scaler.step(self)  # calls `step` below: with a fused optimizer at once, else after reading the flag
-        if self._fused is None and self.skipped:
-            self.skips += 1
-            raise CancelStepException()
+        if self._fused is None: self.scaler.unscale_(self)  # fastai's own optimizers: the gradients unscaled on the device
+        self.scaler.step(self)  # calls `step` below, with the overflow flag still on the device
 
     def step(self, *args, **kwargs):
         "What `GradScaler.step` calls in place of the optimizer's step (fastai's `_step` makes the real one)"
         if self._fused is not None:  # the fused step unscales the gradients and skips itself where `found_inf` is set
             self._fused.grad_scale, self._fused.found_inf = self.grad_scale, self.found_inf
-            self.skips += self.found_inf
-        self.skipped = False
+        else:  # any other optimizer steps; `after_step` puts back, on the device, what it changed where the flag is set
+            self._bad, self._old = self.found_inf > 0, self._state()
+            self._kept = torch._foreach_mul(self._old, 1.) if self._old else []  # one copy of all of them
+        self.skips += self.found_inf
+
+    def _state(self) -> list:
+        "The tensors a step changes: the parameters with gradients and their optimizer state"
+        ps = [p for g in self.opt.param_groups for p in g['params'] if p.grad is not None]
+        st = getattr(self.opt, 'state', {})
+        return ps + [v for p in ps for v in st.get(p, {}).values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
 
     def after_step(self):
         if not self.scaler.is_enabled(): return
         if self._fused is not None: del self._fused.grad_scale, self._fused.found_inf
+        else:
+            with torch.no_grad():
+                old = {id(t) for t in self._old}
+                for t, k in zip(self._old, self._kept): t.copy_(torch.where(self._bad, k, t))  # skipped: as before the step
+                # state this step created (momentum, Adam's averages) started at zero: back to zero where skipped
+                for t in self._state():
+                    if id(t) not in old: t.masked_fill_(self._bad, 0.)
+            self._old = self._kept = self._bad = None
         self.scaler.update()
 
     def after_fit(self):

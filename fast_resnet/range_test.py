@@ -26,7 +26,7 @@ def lr_find(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fas
     with alone():  # one process: a launcher's others would only wait
         s, learn, _ = prepare_run(data=data, out=out, seed=seed, quick=quick, device=device, ddp=False, **kwargs)
         rt = run_range_test(learn, s, learn.path if figures else None)
-    settings = {k: v for k, v in s.items() if k != 'data'}
+    settings = {**{k: v for k, v in s.items() if k != 'data'}, 'out': learn.path.name}  # the folder's name: no machine's path in the record
     write_json(learn.path/'lr_find.json', dict(rt.record(), seed=s['seed'], device=s['device_used'], data=s['data'], settings=settings,
                                                 curve=dict(lrs=rt.lrs.tolist(), losses=rt.losses.tolist()),
                                                 versions=_versions(), git_commit=_git_commit()))

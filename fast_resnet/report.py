@@ -6,7 +6,7 @@
 from __future__ import annotations
 import csv, json
 from pathlib import Path
-from .core import FastResnetError, check
+from .core import FastResnetError, check, home_path
 from .data import CLASSES
 
 # %% auto #0
@@ -81,8 +81,12 @@ def _status(path:Path, cfg:dict, m, hist:list) -> str:
         d = m['diverged']
         return (f"**This run did not finish: it diverged** in epoch {d['epoch']} (the loss became NaN or infinite at LR "
                 f"{d['lr']:.3g}). {done}. Lower LRMAX, or let the range test find it.")
-    why = "its metrics.json says it is not complete" if m is not None else "it has no metrics.json: it was stopped, or is still running"
     more = " `fast_resnet train --resume --out RUN_FOLDER` continues it." if (path/'checkpoint.pth').exists() else ""
+    st = m.get('stopped') if m is not None else None
+    if st:  # written by `train` when a signal or an error stopped the fit
+        how = dict(SIGINT='interrupted (Ctrl-C, SIGINT)', SIGTERM='stopped by SIGTERM').get(st.get('signal'), f"stopped by an error ({st.get('error')})")
+        return f"**This run did not finish: it was {how}** in epoch {st.get('epoch')}. {done}.{more}"
+    why = "its metrics.json says it is not complete" if m is not None else "it has no metrics.json: it was stopped, or is still running"
     return f"**This run did not finish**: {why}. {done}.{more}"
 
 # what each feature of the range test's curve is, in words (03_lr)
@@ -117,8 +121,9 @@ def write_report(run_folder, metrics:dict=None) -> Path:
     how = dict(lr_find="found by the LR range test (fastai's `lr_find`)",
                given="given (`--lr-min`, `--lr-max`): no range test ran").get(cfg.get('lr_source'), 'of unrecorded origin')
     record = cfg.get('lr_find') if isinstance(cfg.get('lr_find'), dict) else None  # how the range test was read
+    _PATH_KEYS = ('data', 'out', 'lr_from', 'resume')  # folders: shown as `home_path` shows them (no user's name)
     md = [f"# Run report: {path.name}\n", _status(path, cfg, m, hist) + '\n',
-          '## Settings\n', md_table([(k, v) for k, v in cfg.items() if k not in _LR_KEYS + _ENV_KEYS], ('setting', 'value')) + '\n',
+          '## Settings\n', md_table([(k, home_path(v) if k in _PATH_KEYS and isinstance(v, str) else v) for k, v in cfg.items() if k not in _LR_KEYS + _ENV_KEYS], ('setting', 'value')) + '\n',
           '## LRMIN and LRMAX\n', f"LRMIN {cfg['lr_min']:.4g} and LRMAX {cfg['lr_max']:.4g} (ratio {cfg['lr_max'] / cfg['lr_min']:.3g}), {how}{' as below' if record else ''}.\n"]
     if record: md += [range_test_words(record) + '\n', md_table([(k, v) for k, v in record.items() if k != 'features'], ('range test', 'value')) + '\n']
     md += pictures('lr') + ['## The model\n', model_summary(cfg) + '\n', '## The data\n'] + pictures('data')

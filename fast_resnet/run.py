@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import *
+from .device import *
 from .data import *
 from .augment import *
 from .fast_data import fast_dls
@@ -24,7 +25,7 @@ from fastai.vision.all import Callback, L, set_seed
 
 # %% auto #0
 __all__ = ['HISTORY_COLS', 'RANGE_SHAPERS', 'append_csv', 'RunLog', 'run_range_test', 'run_callbacks', 'warn_lr_from',
-           'prepare_run', 'train']
+           'prepare_run', 'train', 'write_unfinished']
 
 # %% ../nbs/06_run.ipynb #13585bda
 HISTORY_COLS = ('epoch', 'lr', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds')
@@ -100,7 +101,7 @@ def warn_lr_from(s:dict):
     f = p/'lr_find.json' if p.is_dir() else p
     other = json.loads(f.read_text()).get('settings', {}) if f.name == 'lr_find.json' and f.exists() else {}
     diffs = [f"{k} {other[k]!r} there, {s[k]!r} here" for k in RANGE_SHAPERS if k in other and other[k] != s[k]]
-    if diffs: print(f"warning: --lr-from {s['lr_from']} was found with other settings ({'; '.join(diffs)}): "
+    if diffs: print(f"warning: --lr-from {home_path(s['lr_from'])} was found with other settings ({'; '.join(diffs)}): "
                     "its LRMIN/LRMAX may not suit this run", file=sys.stderr, flush=True)
 
 
@@ -126,6 +127,7 @@ def prepare_run(resume:bool=False, ddp:bool=False, **kw):
     r, n = rank(), world()
     if ddp: from_rank0(check_parallel, s, n)
     else: dev = resolve_device(s['device'])
+    if r == 0: say_device(dev, resolve_precision(s['precision'], dev))  # before the data is read: what the run trains on
     data = from_rank0(run_data, s['data'], s['valid'])  # a `CifarData` that the command line already read and checked is used as it is
     set_seed((s['seed'] + r) % 2**32, reproducible=dev == 'cpu' or s['deterministic'])  # each process its own Cutout; DDP starts them all from rank 0's weights
     dl_kw = dict(bs=s['bs'], n_train=s['n_train'], n_test=s['n_test'], pad_mode=s['pad_mode'], device=dev)
@@ -168,9 +170,27 @@ def train(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
     if (IN_NOTEBOOK if show is None else show) and figures and rank() == 0: show_figures(learn.path)
     return learn, m
 
+def write_unfinished(path, s:dict, e:BaseException, done:int):
+    "After the exception `e` stopped the fit with `done` epochs finished: `metrics.json` with `complete: false` and why, and `report.md` saying so at its top"
+    sig = 'SIGTERM' if isinstance(e, Terminated) or type(e).__name__ == 'LauncherStopped' else 'SIGINT' if isinstance(e, KeyboardInterrupt) else None
+    m = dict(complete=False, stopped=dict(epoch=done + 1, signal=sig, error=None if sig else f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"),
+             epochs_done=done, lr_min=s['lr_min'], lr_max=s['lr_max'], epochs=s['epochs'])
+    import signal
+    try: old = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a SIGTERM now (a launcher's, once a process failed) waits for the write
+    except ValueError: old = None  # not the main thread
+    try:  # what the run finished is written down; a failure here must not hide the error that stopped it
+        write_report(path, m)
+        write_json(path/'metrics.json', m)
+    except Exception: pass
+    finally:
+        if old is not None: signal.signal(signal.SIGTERM, old)
+
 def _train(kw, resume, figures, ddp, on_lrs):
     from fast_resnet.interpret import plot_curves, plot_misclassified, plot_confusion, interpret
-    s, learn, _ = prepare_run(resume=resume, ddp=ddp, **kw)
+    try: s, learn, _ = prepare_run(resume=resume, ddp=ddp, **kw)
+    except BaseException as e:  # under a launcher the first collective sets NCCL up: its failures are one line per process
+        if not ddp or isinstance(e, (FastResnetError, KeyboardInterrupt)): raise
+        raise failure(e, kw.get('out'), None) from None
     path, n_iter, r = learn.path, len(learn.dls.train), rank()
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -179,6 +199,7 @@ def _train(kw, resume, figures, ddp, on_lrs):
         start = load_checkpoint(learn, path, ema=ema, seed=s['seed'])
         if r == 0:
             truncate_records(path, start, n_iter)
+            (path/'metrics.json').unlink(missing_ok=True)  # an interrupted attempt's `complete: false`: this one has not ended
             cfg = json.loads((path/'config.json').read_text())  # which processes trained from which epoch
             cfg.setdefault('resumed', []).append(dict(epoch=start, world_size=s['world_size'], backend=s['backend']))
             write_json(path/'config.json', cfg)
@@ -197,9 +218,10 @@ def _train(kw, resume, figures, ddp, on_lrs):
                     plt.gcf().tight_layout()
                     _savefig(plt.gcf(), path/'batch.png')
                 s.update(versions=_versions(), git_commit=_git_commit(), torch_threads=torch.get_num_threads())
-                write_json(path/'config.json', s)
-                if figures:  # over the run's own iterations, a cycle of 2 epochs up and 2 down
-                    _savefig(plot_cyclic_lr(s['lr_min'], s['lr_max'], step_size=2 * n_iter, iters=s['epochs'] * n_iter), path/'cyclic_lr.png')
+                write_json(path/'config.json', {**s, 'out': path.name})  # the folder's name: no machine's path in the record
+                if figures:  # over the run's own length: whole cycles of about 2 epochs up and 2 down
+                    step, iters = whole_cycles(s['epochs'], n_iter)
+                    _savefig(plot_cyclic_lr(s['lr_min'], s['lr_max'], step_size=step, iters=iters), path/'cyclic_lr.png')
                 g = getattr(learn.dls.train, 'generator', lambda: None)()
                 return {k: v for k, v in s.items() if k != 'data'}, None if g is None else g.get_state()
         s2, gen = from_rank0(first)
@@ -210,6 +232,7 @@ def _train(kw, resume, figures, ddp, on_lrs):
     try: learn.fit_one_cycle(s['epochs'], cbs=cbs, start_epoch=start, **one_cycle_kwargs(s['lr_min'], s['lr_max'], s['epochs'], s['peak_epoch']))
     except BaseException as e:
         ck.wait_quietly()  # the last finished epoch reaches the disk before the error ends the run
+        if r == 0: write_unfinished(path, s, e, ck.saved or start)
         if not ddp or isinstance(e, (FastResnetError, KeyboardInterrupt)): raise
         raise failure(e, path, ck.saved or start) from None
     if stop.diverged:  # in every process at once
@@ -226,6 +249,7 @@ def _train(kw, resume, figures, ddp, on_lrs):
     n_scored = getattr(learn.recorder, '_counts', {}).get('test')  # the last evaluation's count, over all processes
     def finish():  # rank 0 by itself: the scores, figures, export and records
         with alone():
+            print("scoring with flip TTA" + (", drawing the figures" if figures else "") + ", exporting the model", flush=True)  # seconds to minutes: said
             hist = pd.read_csv(path/'history.csv')
             last = hist.iloc[-1]
             train_seconds = float(hist['seconds'].sum())  # the epochs' own times, whether the run was resumed or not

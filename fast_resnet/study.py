@@ -4,11 +4,12 @@
 
 # %% ../nbs/09_study.ipynb #d611b985
 from __future__ import annotations
-import json, shutil, statistics, time
+import json, os, shutil, statistics, time
 from contextlib import contextmanager
 from pathlib import Path
 from fastcore.script import call_parse, store_true
-from .core import FastResnetError, check, _num, train_settings, settings_diffs, run_folder, write_json, launched_world, INT
+from .core import FastResnetError, check, _num, train_settings, settings_diffs, run_folder, write_json, INT, home_path
+from .device import launched_world
 
 # %% auto #0
 __all__ = ['STUDY_FILE', 'LEVERS', 'summarize', 'study_table', 'study', 'ablation_table', 'ablate', 'study_cmd']
@@ -129,14 +130,14 @@ def study(seeds:int=5, # how many runs, with seeds first_seed, first_seed+1, ...
         again = (run/CHECKPOINT).exists()
         if run.exists() and not again: shutil.rmtree(run)  # stopped before its first epoch ended: nothing to keep
         given = dict(lr_min=lrs[0], lr_max=lrs[1]) if lrs is not None else {}
-        print(f"study {out}: {who}run {i + 1} of {seeds}, seed {seed}" + (" (resumed)" if again else ""), flush=True)
+        print(f"study {home_path(out)}: {who}run {i + 1} of {seeds}, seed {seed}" + (" (resumed)" if again else ""), flush=True)
         _, m = train(**{**kwargs, **given}, out=run, seed=seed, resume=again, figures=i == 0, ddp=False,
                      on_lrs=(lambda lo, hi: broadcast((lo, hi))) if hand and lrs is None else None)
         if lrs is None: lrs = (m['lr_min'], m['lr_max'])
         res = _record(out, res, lrs, first_seed, seeds)
     res = _record(out, res, lrs, first_seed, seeds)
     if res['complete'] or n == 1: print(study_table(res), flush=True)
-    else: print(f"study {out}: {who}done with seeds {mine}; study.json is complete once the other processes finish theirs", flush=True)
+    else: print(f"study {home_path(out)}: {who}done with seeds {mine}; study.json is complete once the other processes finish theirs", flush=True)
     return res
 
 # %% ../nbs/09_study.ipynb #f32937c7
@@ -193,6 +194,11 @@ def study_cmd(seeds:INT='5', # how many runs (seeds --first-seed, --first-seed +
               resume:store_true=False, # go on with the study in --out: finish stopped runs, add missing ones
               **train_flags): # every flag of `fast_resnet train` but --seed
     "Train several seeds of the same settings (the LR range test runs once) and write study.json: mean, std, min, max"
+    if train_flags.get('out') is not None:  # at once, before the images are checked and fastai imported
+        try: run_folder(train_flags['out'], exist_ok=resume, create=False)
+        except FastResnetError as e:
+            e.quiet = os.environ.get('RANK', '0') != '0'  # under a launcher every process finds it: rank 0 says it
+            raise
     from fast_resnet.data import check_run
     train_flags['data'] = check_run(**{k: v for k, v in train_flags.items() if k != 'seed'})['data']  # before fastai is imported
     study(seeds, first_seed, resume=resume, **train_flags)

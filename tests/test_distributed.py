@@ -102,17 +102,19 @@ import json, fast_resnet
 learn, m = fast_resnet.train(data={str(data)!r}, out={str(tmp_path/'api')!r}, epochs=2, peak_epoch=1, bs=32, width=8,
                              lr_min=0.004, lr_max=0.1, seed=3, device='cpu', ema=0.9)
 from fast_resnet.distributed import rank
-print(json.dumps(dict(rank=rank(), n_scored=m['n_scored'], test_acc=m['test_acc'], model=type(learn.model).__name__)))
+# each process its own file: two processes' lines on one shared stdout can interleave
+with open(f'rank{{rank()}}.json', 'w') as f: json.dump(dict(rank=rank(), n_scored=m['n_scored'], test_acc=m['test_acc'], model=type(learn.model).__name__), f)
 """)
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script)],
                        capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    outs = sorted((json.loads(l) for l in r.stdout.splitlines() if l.startswith('{')), key=lambda o: o['rank'])
+    outs = [json.loads((tmp_path/f'rank{i}.json').read_text()) for i in (0, 1)]
     assert [o['rank'] for o in outs] == [0, 1] and outs[0]['test_acc'] == outs[1]['test_acc']  # rank 0's metrics, everywhere
     assert all(o['n_scored'] == N_TEST and o['model'] == 'CustomResNet' for o in outs)  # unwrapped after the fit
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['api', 'script.py']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['api', 'rank0.json', 'rank1.json', 'script.py']  # one run folder
     assert json.loads((tmp_path/'api'/'metrics.json').read_text())['complete'] is True
 
+@pytest.mark.slow  # kill-and-resume of one process is in the default tests (test_resume.py); a resume in one process below
 def test_sigkill_then_resume(two, data, tmp_path):
     base, _ = two
     out = tmp_path/'killed'
@@ -168,8 +170,10 @@ def test_a_failing_process_stops_the_run(data, tmp_path):
     assert [int(x['epoch']) for x in rows(out/'history.csv')] == [1]  # the finished epoch is kept
     import torch
     assert torch.load(out/'checkpoint.pth', weights_only=False)['epoch'] == 1
-    assert not (out/'metrics.json').exists()
+    m = json.loads((out/'metrics.json').read_text())  # rank 0 wrote what finished: not complete
+    assert m['complete'] is False and m['epochs_done'] == 1 and m['stopped']['epoch'] == 2, m
 
+@pytest.mark.slow  # a second fault: a process killed (the default tests: one that raises, and the launcher's SIGTERM)
 def test_a_dying_process_stops_the_run(data, tmp_path):
     import psutil, torch
     out = tmp_path/'dies'
@@ -188,7 +192,8 @@ def test_a_dying_process_stops_the_run(data, tmp_path):
     assert 'LauncherStopped' not in stderr  # the launcher's SIGTERM after the line above ends the process quietly
     assert 'rank      : 1 (local_rank: 1)' in stderr and 'SIGKILL' in stderr  # the launcher names the process that died
     done = torch.load(out/'checkpoint.pth', weights_only=False)['epoch']
-    assert done >= 1 and len(rows(out/'history.csv')) == done and not (out/'metrics.json').exists()
+    assert done >= 1 and len(rows(out/'history.csv')) == done
+    assert json.loads((out/'metrics.json').read_text())['complete'] is False
 
 def test_study_shares_seeds(data, tmp_path):
     out = tmp_path/'study'
@@ -251,4 +256,6 @@ def test_sigterm_from_the_launcher(data, tmp_path):
     lines = errors(err)
     assert len(lines) == 1 and 'rank 0 of 1 stopped: the launcher sent SIGTERM' in lines[0] and '--resume continues it' in lines[0], err[-3000:]
     assert 'Traceback' not in err
-    assert (out/'checkpoint.pth').exists() and not (out/'metrics.json').exists()
+    m = json.loads((out/'metrics.json').read_text())
+    assert (out/'checkpoint.pth').exists() and m['complete'] is False and m['stopped']['signal'] == 'SIGTERM', m
+    assert (out/'report.md').read_text().splitlines()[2].startswith('**This run did not finish: it was stopped by SIGTERM**')

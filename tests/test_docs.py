@@ -52,6 +52,31 @@ def test_docs_links_in_modules_point_at_pages(site):
             assert doc_url and url.startswith(doc_url), (py.name, url)
             assert (out/url[len(doc_url):].lstrip('/')).is_file(), f'{py.name}: {url} is not a page of the build'
 
+def test_api_entries(site):
+    """Every exported public function and class has nbdev's show_doc entry on its page: the name as a heading at nbdev's
+    anchor, the signature, a source link into the repository; the exported code folded under it, never shown raw"""
+    from fast_resnet._modidx import d
+    out, _ = site
+    missing, pages = [], {}
+    for mod, syms in d['syms'].items():
+        for sym, (url, _) in syms.items():
+            page, _, frag = url.partition('#')
+            name = sym[len(mod) + 1:]
+            if '.' in name or name.startswith('_'): continue  # methods and private names get no entry of their own
+            html = pages.setdefault(page, (out/page).read_text(encoding='utf-8'))
+            i = html.find(f'<h3 id="{frag}">')
+            start = html.rfind('<div class="jp-RenderedHTMLCommon sd-entry">', 0, i)
+            if i < 0 or start < 0 or '<h3' in html[start:i]: missing.append(f'{page}#{frag} ({sym})'); continue
+            if 'class="sd-source" href="https://' not in html[start:i]: missing.append(f'{page}#{frag}: no source link')
+            if '<div class="highlight"><pre>' not in html[i:html.find('</div>', i) + 300]: missing.append(f'{page}#{frag}: no signature')
+    assert not missing, 'no show_doc entry for:\n' + '\n'.join(missing)
+    learner = pages['learner.html']
+    assert learner.count('<details class="sd-code"><summary>Exported source</summary>') >= 3
+    # the exported code is only inside the folds: no code cell on the page starts with a class of the module
+    assert not re.search(r'class="jp-InputArea[^"]*".{0,2000}?class</span><span class="w"> </span><span class="nc">CifarLearner', learner, re.S)
+    # a parameter table from the `# comment` docments (fastcore's DocmentTbl), under the signature
+    assert re.search(r'<h3 id="cifarlearner">(?:(?!<h3).)*<th><strong>Details</strong></th>', learner, re.S)
+
 @pytest.fixture(scope='module')
 def browser(tmp_path_factory):
     if not CHROMIUM: pytest.skip('Chromium is not installed (Debian: apt-get install chromium chromium-driver)')

@@ -2,7 +2,7 @@
 device-minutes, and `check` passes on a well-formed staging and fails, with a one-line error, on a broken one. The
 staging here is a small fake built by the test (wheels that only name themselves, a 10-image CIFAR-10 in three zip
 parts); the real one in .device-data/ is checked too where `tools/gpu-programme stage` made it."""
-import hashlib, importlib.machinery, importlib.util, json, os, re, shutil, subprocess, sys, zipfile
+import hashlib, importlib.machinery, importlib.util, json, os, re, shutil, subprocess, sys, tarfile, time, zipfile
 from pathlib import Path
 import pytest
 from conftest import ROOT
@@ -23,45 +23,45 @@ def gp():
     return m
 
 def test_plan_within_13_minutes(gp):
+    "Every call counted at its timeout_s, the machine's start and the idle waits too: at most 13 minutes; speed figures first"
     r = prog('plan')
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    total = float(re.search(r'^total: ([\d.]+) planned minutes of 13 ', out, re.M).group(1))
+    total = float(re.search(r'^total: ([\d.]+) planned minutes of 13: OK$', out, re.M).group(1))
     assert total <= 13
-    calls = re.findall(r'^call (\S+)$', out, re.M)
-    assert calls[:3] == ['1', '2', '3'] and len(calls) >= 3, calls
-    blocks = re.split(r'^call \S+$', out, flags=re.M)[1:]
+    blocks = [b.strip('\n').split('\n\n')[0] for b in re.split(r'^call \d$', out, flags=re.M)[1:]]
+    assert len(blocks) == 3
     carries = [json.loads(re.search(r'^  carry +(\[.*\])$', b, re.M).group(1)) for b in blocks]
-    assert carries[:3] == [['.device-data/wheels', '.device-data/part1'], ['.device-data/part2'], ['.device-data/part3']]
-    assert all('  command    PYTHONUNBUFFERED=1 python3 tools/gpu-programme run' in b for b in blocks)
+    assert carries == [['.device-data/wheels', '.device-data/part1'], ['.device-data/part2'], ['.device-data/part3']]
     subs = []
-    for b in blocks[:3]:
-        t = int(re.search(r'^  timeout_s  (\d+) ', b, re.M).group(1))
+    for i, b in enumerate(blocks):
+        assert f'  command    PYTHONUNBUFFERED=1 python3 tools/gpu-programme run {i + 1}' in b
+        t = int(re.search(r'^  timeout_s  (\d+)$', b, re.M).group(1))
         assert 0 < t <= 600
         items = [float(x) for x in re.findall(r'^ +([\d.]+) min  ', b, re.M)]
-        assert abs(sum(items[:-1]) - items[-1]) < 0.011, items  # the call's line is the sum of its items
+        assert abs(sum(items[:-1]) - items[-1]) < 0.02, items  # the call's line is the sum of its items
+        first = 1.5 if i == 0 else 0.2  # the machine's start, or the idle wait before the call
+        assert items[0] == first and abs(items[-1] - (first + 0.3 + t / 60)) < 0.02  # its timeout_s counted in full
         subs.append(items[-1])
     assert 'machine start' in blocks[0] and 'machine start' not in blocks[1] + blocks[2]
-    assert abs(sum(subs) + gp.GIVE_BACK_MIN - total) < 0.011
-    # the steps where the issue puts them: no real images in call 1, the real ones in call 3
-    for name in ('tests', 'bench', 'host', 'peer'): assert re.search(rf'^ +[\d.]+ min  {name}: ', blocks[0], re.M), name
-    for name in ('train', 'study-test', 'lr-pick', 'lr-given'): assert re.search(rf'^ +[\d.]+ min  {name}: ', blocks[2], re.M), name
-    assert 'pytest -x' in blocks[0] and 'bench --synthetic --device cuda' in blocks[0] and 'bench --host --synthetic' in blocks[0]
-    assert 'airbench-peer --synthetic' in blocks[0]
-    assert 'train --data .device-data/cifar10 --seed 0' in blocks[2]
-    assert f'--seeds {gp.STUDY_SEEDS} ' in blocks[2] and gp.STUDY_SEEDS >= 1
-    assert '--valid --seeds 2 --lr-max 0.4 --lr-min 0.016' in blocks[2]
-    # each call's own budget is the plan's: its minutes on the machine, under the 10-minute limit
-    for c in gp.CALLS[:3]:
-        assert gp.call_budget_s(c, gp.MINUTES) <= gp.CALL_LIMIT_S - gp.GRACE_S
-        assert gp.call_timeout_s(c, gp.MINUTES) <= gp.CALL_LIMIT_S
-    assert gp.plan_total(gp.STUDY_SEEDS) <= gp.PLAN_LIMIT_MIN < gp.plan_total(gp.STUDY_SEEDS + 1) or gp.STUDY_SEEDS == gp.MAX_SEEDS
+    assert abs(sum(subs) + gp.GIVE_BACK - total) < 0.02
+    # speed figures first, then one process's start and the CUDA tests in parallel; the real images in call 3
+    order = [re.search(rf'^ +[\d.]+ min  {n}: ', blocks[0], re.M).start() for n in ('bench', 'host', 'peer', 'start', 'tests')]
+    assert order == sorted(order)
+    assert 'bench --synthetic --device cuda' in blocks[0] and 'bench --host --synthetic' in blocks[0] and 'airbench-peer --synthetic' in blocks[0]
+    assert 'pytest -n 8 ' in blocks[0] and 'tests/test_cuda.py' in blocks[0]
+    assert 'train --data .device-data/cifar10 --seed 0' in blocks[2] and f'study --data .device-data/cifar10 --seeds {gp.SEEDS} ' in blocks[2]
+    assert gp.total(gp.SEEDS) <= gp.PLAN_LIMIT < gp.total(gp.SEEDS + 1) or gp.SEEDS == gp.MAX_SEEDS
 
 def test_plan_over_limit_fails(gp, capsys, monkeypatch):
-    monkeypatch.setattr(gp, 'MINUTES', dict(gp.MINUTES, tests=10.))
-    assert gp.plan(None) == 1
+    monkeypatch.setattr(gp, 'PLAN_LIMIT', 8.)
+    assert gp.plan() == 1
     out, err = capsys.readouterr()
     assert 'OVER' in out and err.startswith('error: ') and len(err.strip().splitlines()) == 1
+
+def test_script_is_short():
+    "The programme reads in minutes: a table of steps and their minutes, the staging, the runner"
+    assert len(TOOL.read_text().splitlines()) < 300
 
 # ---------------------------------------------------------------- a fake staging
 
@@ -159,28 +159,32 @@ def test_airbench_peer_data_or_synthetic():
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert r.returncode == 2 and 'give --data DIR or --synthetic' in r.stderr, r.stderr
 
-def test_each_call_knows_its_plan(gp, tmp_path, monkeypatch):
-    "A call finds which planned call it is by the part it brought: its budget and its steps are the plan's; the next call named"
-    from types import SimpleNamespace
-    monkeypatch.setattr(gp, 'DD', tmp_path/'dd'); (tmp_path/'dd').mkdir()
-    a = SimpleNamespace(device='cuda', tiny=False, data=str(tmp_path/'dd'/'cifar10'), work=str(tmp_path/'fr'), out=str(tmp_path/'out'),
-                        budget=None, site=None, steps=None, strict=False, pytest_args='', no_check=False)
-    p = gp.Programme(a)
-    (tmp_path/'dd'/'.unpacked-cifar10-part1').write_text('1')
-    p.begin({'part1'})
-    assert p.phase == '1' and p.deadline - p.t0 == pytest.approx(gp.call_budget_s(gp.CALLS[0], gp.MINUTES))
-    steps = p.steps()
-    assert [s['name'] for s in steps][:4] == ['tests', 'bench', 'host', 'peer']
-    assert p.next_call(steps).startswith('call 2: the same command, timeout_s ') and '[".device-data/part2"]' in p.next_call(steps)
-    p.begin({'part3'})
-    assert p.phase == '3' and [s['name'] for s in p.steps()][:4] == ['train', 'study-test', 'lr-pick', 'lr-given']
-    assert p.deadline - p.t0 == pytest.approx(gp.call_budget_s(gp.CALLS[2], gp.MINUTES))
-    p.state['machine_t0'] = p.t0 - gp.SESSION_S + 100  # late in the session: the call gets what is left, not its plan
-    p.begin({'part3'})
-    assert p.deadline - p.t0 == pytest.approx(100)
-    p.begin(set())
-    assert p.phase == '4+' and p.deadline - p.t0 == pytest.approx(100)
-    p.data_ok = True
-    p.state['machine_t0'] = p.t0 - gp.SESSION_S  # spent: no call 4
-    assert p.next_call(p.steps()).startswith("give the machine back: the plan's 13 minutes are spent")
-    for f in p.logs: f.close()
+def test_runner_cuts_at_the_deadline(gp, tmp_path, monkeypatch, capsys):
+    "A call runs its steps in order, stops the one its deadline cuts, skips what no longer fits, returns its records and names the next call"
+    monkeypatch.setattr(gp, 'DD', tmp_path/'dd')
+    monkeypatch.setattr(gp, 'IMPORTS', 'print("imports ok")')
+    monkeypatch.setattr(gp, 'STEPS', [('quick', 1, 0.01, 'py -c "print(42)"'), ('slow', 1, 0.05, 'py -c "import time; time.sleep(60)"'),
+                                      ('late', 1, 1.0, 'py -c "print(1)"'), ('elsewhere', 3, 1.0, 'py -c "print(1)"')])
+    out = tmp_path/'out'
+    t = time.time()
+    assert gp.main(['run', '1', '--device', 'cpu', '--work', str(tmp_path/'fr'), '--out', str(out), '--budget', '3']) == 0
+    assert time.time() - t < 20
+    state = json.loads((out/'summary.json').read_text())
+    assert {k: v['state'] for k, v in state['steps'].items()} == {'quick': 'done', 'slow': 'cut at the deadline', 'late': 'not run'}
+    log = (out/'programme.log').read_text()
+    assert '42' in log and 'NEXT: call 2: PYTHONUNBUFFERED=1 python3 tools/gpu-programme run 2, timeout_s ' in log
+    assert 're-plan: ' in log
+    with tarfile.open(out/'results.tar.gz') as tf: assert 'state.json' in tf.getnames()
+
+def test_replan_from_measurements(gp, tmp_path):
+    "Call 1's re-plan: call 3's study seeds from the measured start and 24-epoch fit, within call 3's planned timeout_s"
+    (tmp_path/'bench').mkdir()
+    said = []
+    def seeds(fit, start):
+        (tmp_path/'bench'/'bench.json').write_text(json.dumps(dict(fit_seconds=fit)))
+        st = dict(steps=dict(start=dict(seconds=start), tests=dict(seconds=90, planned=120)), seeds=gp.SEEDS)
+        gp.replan(st, tmp_path, said.append)
+        return st['seeds']
+    fast, slow = seeds(4., 5.), seeds(40., 12.)
+    assert gp.MAX_SEEDS >= fast > slow >= 1
+    assert 'a process starts in 12.0 s; the tests took 90 s (planned 120 s)' in said[-1] and 'fits study-test with' in said[-1]

@@ -54,3 +54,11 @@ hist = pd.DataFrame(dict(epoch=[1, 2], train_loss=[2., 1.], test_loss=[2., 1.5],
                  'plot_schedule(one_cycle_lrs(.01, .1, 4, 1, 10), .01, .1, 10)', 'plot_cyclic_lr(.01, .1)'):
         outs = sh.run(call)
         assert sum('image/png' in o.get('data', {}) for o in outs) == 1, (call, outs)
+
+def test_no_tqdm_warning():
+    "In Jupyter without ipywidgets, importing accelerate (fastai's distributed module does) warns about a tqdm bar fast_resnet never shows: quieted"
+    import subprocess, sys
+    code = ("import warnings, fast_resnet.core\nfrom tqdm import TqdmWarning\n"  # as tqdm.autonotebook warns, once fast_resnet is imported
+            "warnings.warn('IProgress not found. Please update jupyter and ipywidgets.', TqdmWarning, stacklevel=2)")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and 'IProgress' not in r.stderr, r.stderr

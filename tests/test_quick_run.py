@@ -1,7 +1,7 @@
 "A real `--quick` run on the real CIFAR-10 (skipped, with the reason, where ../shared/data/cifar10 is absent)."
-import csv, json
+import csv, json, re
 import numpy as np
-from conftest import cli, REAL_DATA
+from conftest import cli_here, REAL_DATA
 
 RUN_FILES = ('config.json', 'history.csv', 'lr_schedule.csv', 'metrics.json', 'lr_find.png', 'one_cycle.png',
              'cyclic_lr.png', 'curves.png', 'batch.png', 'misclassified.png', 'confusion.png', 'model.pkl', 'model.pth', 'report.md')
@@ -46,7 +46,7 @@ def test_lr_schedule_no_annihilation(quick_run):
 def test_predict(quick_run):
     out, _ = quick_run
     imgs = sorted((REAL_DATA/'test').glob('*/*.png'))[::1000][:10]  # one per class
-    r = cli('predict', out/'model.pkl', *imgs)
+    r = cli_here('predict', out/'model.pkl', *imgs)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == len(imgs)
@@ -57,3 +57,22 @@ def test_predict(quick_run):
         assert path == str(img) and cls in vocab and 0.1 <= float(conf) <= 1
         right += cls == img.parent.name
     assert right >= 2  # better than chance (1 in 10) on images it never saw
+
+def test_never_silent(quick_run):
+    "Into a log (a pipe here), a line at least every 30 s from the range test's start to the last epoch, however loaded the machine: lines by time (every 5 s here) between the lines by batch"
+    out, r = quick_run
+    t, text = [s for s, _ in r.lines], [l for _, l in r.lines]
+    first = next(i for i, l in enumerate(text) if l.startswith('LR range test: up to'))
+    last = next(i for i, l in enumerate(text) if l.startswith('epoch 5/5 '))
+    gaps = np.diff(t[first:last + 1])
+    worst = int(np.argmax(gaps))
+    print(f"quick run: {r.seconds:.0f} s, test accuracy {json.loads((out/'metrics.json').read_text())['test_acc']:.2%}; longest silence {max(np.diff([0] + t)):.1f} s in all, {gaps.max():.1f} s from the range test "
+          f"to the last epoch (before: {text[first + worst]!r})")
+    assert gaps.max() <= 30, (gaps.max(), text[first + worst], text[first + worst + 1])
+    found = next(l for l in text if re.match(r'LR range test: \d+ batches to', l))
+    secs = int(re.search(r' in (\d+) s', found).group(1))
+    ticks = [l for l in text[first:] if re.fullmatch(r'LR range test: \d+ of up to \d+ batches, LR [0-9.e+-]+, loss [0-9.]+, \d+ s', l)]
+    assert len(ticks) >= secs // 10 - 1, (secs, ticks)  # by time while the test runs: every 5 s, after the batch then running
+    for row in csv.DictReader(open(out/'history.csv')):  # and inside each epoch long enough for one
+        if float(row['seconds']) >= 12:
+            assert any(re.fullmatch(rf"epoch {row['epoch']}/5: \d+ of 39 batches, \d+ s", l) for l in text), (row, text)

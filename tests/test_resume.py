@@ -1,7 +1,7 @@
 "Never lose a run: a SIGKILLed run resumes to the same result; divergence and bad --resume are one line."
 import csv, json, os, signal, subprocess, sys, time
 import pytest, torch
-from conftest import ROOT, CACHE, cli, assert_bad_input
+from conftest import ROOT, CACHE, cli, cli_here, assert_bad_input
 
 ARGS = ['--epochs', '6', '--peak-epoch', '2', '--bs', '32', '--width', '8', '--lr-min', '0.004', '--lr-max', '0.1', '--seed', '1']
 # the default fast loader; fastai's DataBlock; the levers that carry state of their own (Nesterov's torch optimizer, the EMA)
@@ -22,16 +22,27 @@ def train_ref(data, out, args):
     return out
 
 @pytest.fixture(scope='module')
-def reference(data, tmp_path_factory): return train_ref(data, tmp_path_factory.mktemp('ref') / 'run', ARGS)
+def runs(data, tmp_path_factory):
+    "`runs(args)`: the uninterrupted run with `args`, trained once for the module"
+    done = {}
+    def get(args):
+        if tuple(args) not in done: done[tuple(args)] = train_ref(data, tmp_path_factory.mktemp('ref') / 'run', args)
+        return done[tuple(args)]
+    return get
 
-@pytest.fixture(scope='module', params=list(VARIANTS))
-def variant(request, data, tmp_path_factory):
+@pytest.fixture(scope='module')
+def reference(runs): return runs(ARGS)  # the 'fast' variant's run
+
+# the default loader in the default tests; the other two variants, each a third run, killed and resumed, marked slow (CI runs them)
+@pytest.fixture(scope='module', params=[v if v == 'fast' else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS])
+def variant(request, runs):
     "`(args, run)`: the arguments of a variant and its uninterrupted run"
     args = ARGS + VARIANTS[request.param]
-    return args, train_ref(data, tmp_path_factory.mktemp(request.param) / 'run', args)
+    return args, runs(args)
 
-def test_same_seed_same_metrics(data, variant, tmp_path):
-    args, reference = variant
+def test_same_seed_same_metrics(data, reference, tmp_path):
+    "Once, with the default loader: each variant's resume below matches its uninterrupted run to the bit, which needs the same too"
+    args = ARGS
     r = cli('train', '--data', data, '--out', tmp_path/'again', *args)
     assert r.returncode == 0, r.stderr
     assert history(tmp_path/'again') == history(reference)
@@ -63,24 +74,24 @@ def test_sigkill_then_resume(data, variant, tmp_path):
     assert json.loads((out/'metrics.json').read_text())['complete'] is True
 
 def test_resume_nothing(tmp_path, data):
-    assert_bad_input(cli('train', '--data', data, '--out', tmp_path/'none', '--resume'), 'holds no run to resume')
-    assert_bad_input(cli('train', '--data', data, '--resume'), '--resume needs --out')
+    assert_bad_input(cli_here('train', '--data', data, '--out', tmp_path/'none', '--resume'), 'holds no run to resume')
+    assert_bad_input(cli_here('train', '--data', data, '--resume'), '--resume needs --out')
 
 def test_resume_without_checkpoint(tmp_path, data, reference):
     import shutil
     shutil.copytree(reference, tmp_path/'r'); (tmp_path/'r'/'checkpoint.pth').unlink()
-    assert_bad_input(cli('train', '--data', data, '--out', tmp_path/'r', '--resume', *ARGS), 'has no finished epoch to resume')
+    assert_bad_input(cli_here('train', '--data', data, '--out', tmp_path/'r', '--resume', *ARGS), 'has no finished epoch to resume')
 
 def test_resume_other_settings(tmp_path, data, reference):
     import shutil
     shutil.copytree(reference, tmp_path/'r')
     args = [a if a != '6' else '7' for a in ARGS]  # --epochs 7
-    assert_bad_input(cli('train', '--data', data, '--out', tmp_path/'r', '--resume', *args), 'epochs 6 there, 7 here')
+    assert_bad_input(cli_here('train', '--data', data, '--out', tmp_path/'r', '--resume', *args), 'epochs 6 there, 7 here')
 
 def test_divergence(tmp_path, data):
     out = tmp_path/'div'
-    r = cli('train', '--data', data, '--out', out, '--epochs', '4', '--peak-epoch', '2', '--bs', '32', '--width', '8',
-            '--lr-min', '1e19', '--lr-max', '1e20', '--seed', '0')
+    r = cli_here('train', '--data', data, '--out', out, '--epochs', '4', '--peak-epoch', '2', '--bs', '32', '--width', '8',
+                 '--lr-min', '1e19', '--lr-max', '1e20', '--seed', '0')
     assert r.returncode == 3, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: training diverged') and 'LRMAX 1e+20 is likely too high' in lines[0]
@@ -109,6 +120,7 @@ def resume_matches(data, out, args, reference):
     a, b = (torch.load(p/'model.pth') for p in (out, reference))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+@pytest.mark.slow  # a second kill point (the default tests kill between epochs and right after a write); each write pauses 3 s
 def test_sigkill_during_checkpoint_write(data, reference, tmp_path):
     "Killed while the checkpoint thread writes (its temporary file there, not yet moved over the last one): the resume is exact"
     from fast_resnet.checkpoint import CHECKPOINT

@@ -68,8 +68,8 @@ def test_killed_study_resumes(data, reference, tmp_path):
 
 def test_resume_other_settings(data, reference, tmp_path):
     import shutil
-    from conftest import assert_bad_input
+    from conftest import assert_bad_input, cli_here
     ref, _ = reference
     shutil.copytree(ref, tmp_path/'s')
     args = [a if a != '4' else '5' for a in ARGS]  # --epochs 5
-    assert_bad_input(cli('study', '--data', data, '--out', tmp_path/'s', '--seeds', '3', '--resume', *args), 'epochs 4 there, 5 here')
+    assert_bad_input(cli_here('study', '--data', data, '--out', tmp_path/'s', '--seeds', '3', '--resume', *args), 'epochs 4 there, 5 here')
