@@ -18,15 +18,14 @@ __all__ = ['ScaledSGD', 'LayerGroups', 'nesterov_sgd', 'opt_func', 'WeightEMA', 
 class ScaledSGD(torch.optim.SGD):
     "PyTorch's SGD in which a parameter group's `lr_scale` multiplies the LR that fastai's scheduler sets for it"
     def step(self, closure=None):
-        if getattr(self, '_zeroed', None) is not self.state:
+        if not self.state:
             # Momentum starts at zero, made here: the fused step makes it uninitialised (`empty_like`) if the first step is
             # skipped (fp16 gradients that overflow), and then reads that garbage as momentum. buf = 0.9 * 0 + g = g, exactly
-            # what the first step sets otherwise. Checked again for every new state: `load_state_dict` (fastai's `lr_find`
-            # reloads the state it saved, empty) and fastai's `clear_state` replace `self.state`.
+            # what the first step sets otherwise. An empty state is the one sign of a fresh start, however it was emptied:
+            # fastai's `lr_find` reloads the state it saved (empty), its `clear_state` makes a new one, `state.clear()`.
             for g in self.param_groups:
                 for p in g['params']:
                     if g['momentum'] and 'momentum_buffer' not in self.state[p]: self.state[p]['momentum_buffer'] = torch.zeros_like(p)
-            self._zeroed = self.state
         lrs = [g['lr'] for g in self.param_groups]
         for g in self.param_groups: g['lr'] = g['lr'] * g.get('lr_scale', 1.)
         try: return super().step(closure)
@@ -62,9 +61,6 @@ class LayerGroups(OptimWrapper):
                                   if _number(v) and k not in ('lr_scale', 'wd_scale')}) for i, s in enumerate(self.slices)]
     @property
     def param_lists(self): return [[p for g in self._groups(i) for p in g['params']] for i in range(len(self.slices))]
-    def clear_state(self):
-        super().clear_state()
-        self.opt._buffers_made = False  # momentum starts at zero again
 
 def nesterov_sgd(params, lr:float, mom:float=0.9, wd:float=0., wd_bn_bias:bool=False, bias_lr:float=1., fused=None):
     "PyTorch's SGD with Nesterov momentum, L2 weight decay `wd` (not on 1-D parameters unless `wd_bn_bias`) and `bias_lr` times the LR on them, for fastai: `params` are the parameters, or the layer groups a fastai splitter gives"

@@ -76,7 +76,7 @@ class PlainLoop:
             self.step(self.augment(self.xs[i * self.bs:(i + 1) * self.bs]), self.ys[i * self.bs:(i + 1) * self.bs], lrs[i], moms[i])
         self.evaluate()
         self.model.load_state_dict(state)
-        if self.torch_opt: self.opt.state.clear(); self.opt._buffers_made = False
+        if self.torch_opt: self.opt.state.clear()  # an empty state: `ScaledSGD` starts momentum at zero again
         else: self.opt.clear_state()
         if self.ema is not None: self.ema.load_state_dict(state)
         sync(self.dev)

@@ -342,3 +342,15 @@ def test_mfu_peak_follows_precision():
     with machine(gpu='Tesla T4'):  # what `bench` passes on a T4: the precision its fit runs in
         from fast_resnet.device import resolve_precision
         assert resolve_precision('auto', 'cuda') == 'fp16'
+
+def test_momentum_zero_after_state_emptied_in_place():
+    "An optimizer state emptied in place (`state.clear()`, as the plain loop's `warm_up` does) gets zero momentum again: a skipped first fused step leaves zeros, not `empty_like`'s garbage"
+    from fast_resnet.levers import ScaledSGD
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = ScaledSGD([p], lr=0.1, momentum=0.9, nesterov=True, fused=True)
+    p.grad = torch.ones(3); opt.step()
+    opt.state.clear()
+    opt.grad_scale, opt.found_inf = torch.ones(()), torch.ones(())  # what `GradScaler` hands a fused step: the overflow flag set
+    empty_like = torch.empty_like
+    with patch.object(torch, 'empty_like', lambda t, **kw: empty_like(t, **kw).fill_(1e30)): opt.step()
+    assert torch.equal(opt.state[p]['momentum_buffer'], torch.zeros(3))
