@@ -143,10 +143,11 @@ class EpochLine(Callback):
         self.old_logger = self.learn.logger
         if self.learn.logger is not noop: self.learn.logger = self._line
         self.t_fit = self.t_epoch = self.last = time.monotonic()
+        self.every = progress_secs() if self.secs is None else self.secs  # read once a fit, not in every batch
     def before_epoch(self): self.t_epoch = time.monotonic()
     def after_batch(self):
         # a clock read per batch: no read from the device, no write, unless a line is due
-        if not self.training or time.monotonic() - self.last < (progress_secs() if self.secs is None else self.secs): return
+        if not self.training or time.monotonic() - self.last < self.every: return
         self.last = now = time.monotonic()
         if hasattr(self.learn, 'lr_finder'):  # the range test reads its smoothed loss every batch anyway (its stop on divergence)
             loss = getattr(self.learn, 'smooth_loss', None)
