@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, signal, sys
 from fastcore.script import call_parse, anno_parser, store_true
-from .core import FastResnetError, Terminated, check, shown_as, INT, FLOAT, PATH, one_of, OPTIMIZERS, DEVICES, PAD_MODES, LR_RULES, LOADERS, PRECISIONS, home_path
+from .core import FastResnetError, Terminated, check, rank0_says, shown_as, INT, FLOAT, PATH, one_of, OPTIMIZERS, DEVICES, PAD_MODES, LR_RULES, LOADERS, PRECISIONS, home_path
 from .device import launched_world, check_parallel
 
 # %% auto #0
@@ -54,10 +54,7 @@ def train_cmd(data:PATH=None, # CIFAR-10 folder: train/<class>/*.png + test/, or
     "Train the custom ResNet on CIFAR-10 with the LR range test and one-cycle policy; writes a run folder"
     kw = {k: v for k, v in locals().items() if k != 'resume'}
     s = _checked(resume=resume, **kw)  # every check runs before fastai is imported: a typo is answered at once
-    try: check_parallel(s, launched_world())  # under a launcher: --bs splits over the processes, ...
-    except FastResnetError as e:
-        e.quiet = os.environ.get('RANK', '0') != '0'  # every process finds it: rank 0 says it
-        raise
+    with rank0_says(): check_parallel(s, launched_world())  # under a launcher: --bs splits over the processes, ...
     from fast_resnet.run import train
     if resume: s['seed'] = kw['seed']  # resuming takes the run's seed unless one is given
     learn, m = train(**s, resume=resume)
@@ -75,10 +72,7 @@ def _checked(resume:bool=False, **kw) -> dict:
     from fast_resnet.core import run_folder
     # --out first: a file or a folder that holds files is answered at once, before the images are checked and fastai imported
     if kw.get('out') is not None:
-        try: run_folder(kw['out'], exist_ok=resume, create=False)
-        except FastResnetError as e:
-            e.quiet = os.environ.get('RANK', '0') != '0'  # under a launcher every process finds it: rank 0 says it
-            raise
+        with rank0_says(): run_folder(kw['out'], exist_ok=resume, create=False)
     from fast_resnet.data import check_run
     s = check_run(**kw)
     from fast_resnet.device import check_device_settings, say_device, resolve_precision

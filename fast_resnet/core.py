@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #c1d85966
 from __future__ import annotations
 import json, math, os, random, warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 # fastai's import calls `torch.jit.script`, which torch 2.14 deprecates with a FutureWarning users cannot act on
@@ -16,8 +17,8 @@ warnings.filterwarnings('ignore', message=r'IProgress not found')
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'DEVICES', 'PAD_MODES', 'LR_RULES', 'LOADERS', 'PRECISIONS', 'MAX_LR_RATIO', 'N_VALID', 'DEFAULTS',
            'QUICK', 'WD', 'INT', 'FLOAT', 'PATH', 'LAST_SHAPE', 'LR_FILES', 'FastResnetError', 'check', 'Terminated',
-           'shown_as', 'one_of', 'interactive', 'home_path', 'progress_secs', 'shown_once', 'train_settings',
-           'lrs_from', 'settings_diffs', 'run_folder', 'write_json']
+           'rank0_says', 'shown_as', 'one_of', 'interactive', 'home_path', 'progress_secs', 'shown_once',
+           'train_settings', 'lrs_from', 'settings_diffs', 'run_folder', 'write_json']
 
 # %% ../nbs/00_core.ipynb #ba64126c
 class FastResnetError(ValueError):
@@ -29,6 +30,14 @@ def check(cond, msg:str):
 
 class Terminated(KeyboardInterrupt):
     "SIGTERM (a `kill`, a cluster's scheduler) turned into an exception by the command line, as Ctrl-C is: the run writes what it finished"
+
+@contextmanager
+def rank0_says():
+    "Under a launcher every process finds the same bad input: a `FastResnetError` raised inside is said by rank 0 only (the others' is `quiet`)"
+    try: yield
+    except FastResnetError as e:
+        e.quiet = os.environ.get('RANK', '0') != '0'  # `RANK`: set by torchrun and accelerate launch, before any process group
+        raise
 
 # %% ../nbs/00_core.ipynb #5b6d41e8
 OPTIMIZERS = ('sgd', 'nesterov', 'adam')

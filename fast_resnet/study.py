@@ -4,11 +4,11 @@
 
 # %% ../nbs/09_study.ipynb #d611b985
 from __future__ import annotations
-import json, os, shutil, statistics, time
+import json, shutil, statistics, time
 from contextlib import contextmanager
 from pathlib import Path
 from fastcore.script import call_parse, store_true
-from .core import FastResnetError, check, _num, train_settings, settings_diffs, run_folder, write_json, INT, home_path
+from .core import FastResnetError, check, rank0_says, _num, train_settings, settings_diffs, run_folder, write_json, INT, home_path
 from .device import launched_world
 
 # %% auto #0
@@ -195,10 +195,7 @@ def study_cmd(seeds:INT='5', # how many runs (seeds --first-seed, --first-seed +
               **train_flags): # every flag of `fast_resnet train` but --seed
     "Train several seeds of the same settings (the LR range test runs once) and write study.json: mean, std, min, max"
     if train_flags.get('out') is not None:  # at once, before the images are checked and fastai imported
-        try: run_folder(train_flags['out'], exist_ok=resume, create=False)
-        except FastResnetError as e:
-            e.quiet = os.environ.get('RANK', '0') != '0'  # under a launcher every process finds it: rank 0 says it
-            raise
+        with rank0_says(): run_folder(train_flags['out'], exist_ok=resume, create=False)
     from fast_resnet.data import check_run
     train_flags['data'] = check_run(**{k: v for k, v in train_flags.items() if k != 'seed'})['data']  # before fastai is imported
     study(seeds, first_seed, resume=resume, **train_flags)
