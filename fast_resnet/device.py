@@ -54,13 +54,18 @@ def _nvidia():
     name, driver = (x.strip() for x in out[0].rsplit(',', 1))
     return dict(name=name, driver=driver)
 
-def _runs_on(cc:tuple, archs:list) -> bool:
-    "Whether a build with kernels for `archs` (`torch.cuda.get_arch_list()`) runs on compute capability `cc`"
+def _archs(archs:list) -> list:
+    "`(kind, (major, minor))` of each entry of `torch.cuda.get_arch_list()` ('sm_86', 'sm_90a', 'compute_90') that names one"
+    out = []
     for a in archs:
         kind, _, num = a.partition('_')
         num = ''.join(ch for ch in num if ch.isdigit())
-        if not num: continue
-        v = (int(num[:-1]), int(num[-1]))
+        if len(num) >= 2: out.append((kind, (int(num[:-1]), int(num[-1]))))
+    return out
+
+def _runs_on(cc:tuple, archs:list) -> bool:
+    "Whether a build with kernels for `archs` (`torch.cuda.get_arch_list()`) runs on compute capability `cc`"
+    for kind, v in _archs(archs):
         if (kind == 'sm' and v[0] == cc[0] and v[1] <= cc[1]) or (kind == 'compute' and v <= cc): return True  # same major: binary compatible; PTX: compiled at start
     return not archs  # a build that does not say: let the first kernel tell
 
@@ -71,10 +76,10 @@ def cuda_problem():
     if torch.cuda.is_available():
         cc, archs = torch.cuda.get_device_capability(), torch.cuda.get_arch_list()
         if _runs_on(cc, archs): return None
-        sms = sorted(int(''.join(ch for ch in a if ch.isdigit())) for a in archs if a.startswith('sm_'))
-        has = f"sm_{sms[0]} to sm_{sms[-1]}" if sms else ', '.join(archs)
+        sms = sorted(v for kind, v in _archs(archs) if kind == 'sm')
+        has = f"sm_{sms[0][0]}{sms[0][1]} to sm_{sms[-1][0]}{sms[-1][1]}" if sms else ', '.join(archs)
         fix = (f"install torch's CUDA 12.6 build, which has them: {_pip('cu126')}" if (5, 0) <= cc < (7, 5) else
-               f"install a newer torch: {_pip('cu130')}" if sms and cc[0] * 10 + cc[1] > sms[-1] else
+               f"install a newer torch: {_pip('cu130')}" if sms and cc > sms[-1] else
                "no current torch build has kernels for it")
         return (f"{build} has no CUDA kernels for the {torch.cuda.get_device_name()} (compute capability {cc[0]}.{cc[1]}; "
                 f"this build has {has}): {fix}")
