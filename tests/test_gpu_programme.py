@@ -146,6 +146,31 @@ def test_check_fails_on_broken_staging(fake, broken):
               'no staging': 'staging:'}[broken]
     assert any(l.startswith(f'FAIL  {expect}') for l in failed), r.stdout
 
+def _tool(path:Path, body:str):
+    path.write_text('#!/usr/bin/env bash\nset -euo pipefail\n' + body + '\n'); path.chmod(0o755)
+
+@pytest.mark.parametrize('fetch_ok', [True, False])
+def test_stage_in_a_clone_without_git_info(gp, tmp_path, monkeypatch, capsys, fetch_ok):
+    "CI's clone has a .git with no info/ (fetch-gpu-wheels appends to info/exclude): stage makes it; a tool that fails is one error line"
+    root, shared = tmp_path/'main', tmp_path/'shared'/'tools'
+    (root/'.git').mkdir(parents=True); shared.mkdir(parents=True)
+    # fetch-gpu-wheels' own line, as ../shared has it, then a fake download (no network in a test)
+    line = next(l for l in (CHECK_CIFAR.parent/'fetch-gpu-wheels').read_text().splitlines() if '.git/info/exclude' in l)
+    _tool(shared/'fetch-gpu-wheels', 'top=$PWD\n' + line + '\nmkdir -p .device-data/wheels; touch .device-data/wheels/fastai-2.8.12-py3-none-any.whl'
+          + ('' if fetch_ok else '\nexit 3'))
+    (shared/'split-cifar').write_text('from pathlib import Path\nfor i in (1, 2, 3):\n    d = Path(f".device-data/part{i}"); d.mkdir(parents=True)\n'
+                                      '    (d/f"cifar10-part{i}.zip").touch()\n')  # split-cifar is Python, run by python
+    (root/'.device-data'/'wheels').mkdir(parents=True); (root/'.device-data'/'wheels'/'airbench-0.1.8-py3-none-any.whl').touch()
+    for k, v in dict(ROOT=root, DD=root/'.device-data', SHARED=shared, check=lambda a: 0).items(): monkeypatch.setattr(gp, k, v)
+    if fetch_ok:
+        assert gp.main(['stage']) == 0
+        assert (root/'.git'/'info'/'exclude').read_text() == '/.device-data/\n'
+        assert all((root/'.device-data'/f'part{i}'/f'cifar10-part{i}.zip').exists() for i in (1, 2, 3))
+    else:
+        with pytest.raises(SystemExit) as e: gp.main(['stage'])
+        assert str(e.value).startswith('error: ../shared/tools/fetch-gpu-wheels failed (exit 3') and '\n' not in str(e.value)
+        assert not (root/'.device-data'/'part1').exists()  # nothing after the failed step ran
+
 @pytest.mark.skipif(not DD.is_dir(), reason='no .device-data here: tools/gpu-programme stage makes it')
 def test_check_real_staging():
     r = prog('check')
