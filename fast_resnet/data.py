@@ -103,7 +103,7 @@ def _read_pickles(p:Path) -> CifarData:
             d = _unpickle(p/n)
             x = np.asarray(d.get(b'data', []), dtype=np.uint8)
             check(x.ndim == 2 and x.shape[1] == 3*IMG_SIZE*IMG_SIZE,
-                  f"{p/n} does not hold 32x32 RGB rows (shape {x.shape}): CIFAR-10 images are 32x32")
+                  f"{home_path(p/n)} does not hold 32x32 RGB rows (shape {x.shape}): CIFAR-10 images are 32x32")
             x = x.reshape(-1, 3, IMG_SIZE, IMG_SIZE).transpose(0, 2, 3, 1)  # to HWC, as PIL wants
             items += [CifarItem(im, vocab[y]) for im, y in zip(x, d[b'labels'])]
         return items
@@ -174,7 +174,7 @@ def read_image(f, size:int=IMG_SIZE, decode:bool=True):
     except Exception as e:  # cut short, empty, not an image, a folder...: whatever PIL raises, the file is the answer
         why = 'not an image' if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
         raise FastResnetError(f"cannot read image {home_path(f)} ({why}): replace or remove it") from None
-    check((w, h) == (size, size), f"image {f} is {w}x{h}; CIFAR-10 images are {size}x{size}: remove or resize it")
+    check((w, h) == (size, size), f"image {home_path(f)} is {w}x{h}; CIFAR-10 images are {size}x{size}: remove or resize it")
     return a
 
 def check_images(items, size:int=IMG_SIZE, decode:bool=True):

@@ -102,6 +102,15 @@ def test_data_unreadable(tmp_path, fake_data):
     (d/'test'/'ship'/'broken.png').write_bytes(b'not an image')
     assert_bad_input(cli_here('train', '--data', d, '--out', tmp_path/'r'), 'cannot read image')
 
+def test_bad_image_named_from_home(tmp_path, fake_data, monkeypatch):
+    "An unreadable or wrong-size image is named as a person reads it (`~/...`), as every other path in the output"
+    from PIL import Image
+    monkeypatch.setenv('HOME', str(tmp_path))
+    for name, make in [('big.png', lambda f: Image.new('RGB', (40, 30)).save(f)), ('broken.png', lambda f: f.write_bytes(b'x'))]:
+        d = tmp_path/name.split('.')[0]; shutil.copytree(fake_data, d); make(d/'train'/'dog'/name)
+        r = cli_here('train', '--data', d, '--out', tmp_path/'r')
+        assert_bad_input(r, f'image ~/{d.name}/train/dog/{name} ')
+
 def test_data_bad_pickle(tmp_path):
     p = tmp_path/'cifar-10-batches-py'; p.mkdir()
     (p/'data_batch_1').write_bytes(b'garbage')
