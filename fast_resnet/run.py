@@ -17,7 +17,8 @@ from .fast_data import fast_dls
 from .lr import *
 from .levers import *
 from .checkpoint import *
-from .learner import cifar_learner, learner_kwargs, set_cudnn, Compiled, BarProgress, EpochLine
+from .learner import cifar_learner, learner_kwargs, set_cudnn, Compiled
+from .recorder import BarProgress, EpochLine
 from .distributed import *
 from .inference import export
 from .report import write_report, show_figures

@@ -154,7 +154,7 @@ def test_reduce_lr_on_plateau(kind, monitor, dls, tmp_path):
 def test_show_graph(kind, bars, dls, tmp_path, monkeypatch):
     "Plain lines (a script, a log): it draws nowhere and raises nothing; under bars (a notebook) both curves are right"
     import fastprogress.fastprogress as fp
-    from fast_resnet.learner import _NoGraph, BarProgress, EpochLine
+    from fast_resnet.recorder import _NoGraph, BarProgress, EpochLine
     drawn = {}
     for cls in (fp.ConsoleMasterBar, fp.NBMasterBar, _NoGraph):
         monkeypatch.setattr(cls, 'update_graph', lambda self, graphs, *a, **k: drawn.setdefault(type(self).__name__, []).append(graphs))
