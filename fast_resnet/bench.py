@@ -12,8 +12,8 @@ from .device import resolve_device, resolve_precision, device_info
 from .data import synthetic_cifar
 
 # %% auto #0
-__all__ = ['BENCH_DEFAULTS', 'BENCH_QUICK', 'PEAK_FRAC', 'PEAK_DTYPES', 'bench_settings', 'forward_flops', 'matmul_peak_tflops',
-           'warm_up', 'bench', 'bench_cmd']
+__all__ = ['BENCH_DEFAULTS', 'BENCH_QUICK', 'PEAK_FRAC', 'PEAK_DTYPES', 'bench_settings', 'forward_flops', 'peak_size',
+           'matmul_peak_tflops', 'warm_up', 'bench', 'bench_cmd']
 
 # %% ../nbs/08_bench.ipynb #b2f440c6
 BENCH_DEFAULTS = dict(data=None, out=None, epochs=24, quick=False, device='auto', width=64, bs=512, n_train=None,
@@ -73,15 +73,19 @@ def _sync(dev):
 
 PEAK_DTYPES = dict(bf16='bfloat16', fp16='float16', fp32='float32')
 
+def peak_size(device) -> int:
+    "The side of the square matmul `matmul_peak_tflops` times on `device`: 8192 on CUDA (enough to fill a large GPU), 1024 elsewhere"
+    return 8192 if str(device).startswith('cuda') else 1024
+
 def matmul_peak_tflops(device='cpu', precision:str='fp32', n:int=None, iters:int=None) -> tuple:
-    "`(TFLOP/s, dtype)` of an `n`x`n` matmul on `device` in the dtype of `precision`, the one training computes in (n=8192 on CUDA, 1024 elsewhere)"
+    "`(TFLOP/s, dtype)` of an `n`x`n` matmul on `device` in the dtype of `precision`, the one training computes in (n: `peak_size(device)`)"
     import torch
     dev = torch.device(device)
     cuda = dev.type == 'cuda'
     # the peak of the precision used: a T4 or V100 trains in fp16 (bf16 is only emulated there), an A100 or H100 in
     # bf16; fp32 runs as float32 (on CUDA with TF32 where torch allows it, as it does for the convolutions)
     dtype = getattr(torch, PEAK_DTYPES[precision])
-    n, iters = n or (8192 if cuda else 1024), iters or (50 if cuda else 8)
+    n, iters = n or peak_size(dev), iters or (50 if cuda else 8)
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
     for _ in range(3): a @ b
     _sync(dev); t = time.perf_counter()
@@ -213,7 +217,7 @@ def bench(data=None, # CIFAR-10 folder (default: `$FAST_RESNET_DATA`, else fasta
     fwd = forward_flops(CustomResNet(s['width'], len(dls.vocab)))
     r.update(forward_gflops_per_image=fwd / 1e9, gflops_per_image=3 * fwd / 1e9)
     r['peak_tflops'], r['peak_dtype'] = matmul_peak_tflops(dev, r['precision'])  # measured here, in the precision the fit used
-    r['peak_source'] = f"measured: a {'8192' if dev.startswith('cuda') else '1024'}-square {r['peak_dtype']} matmul on this device (matmul_peak_tflops)"
+    r['peak_source'] = f"measured: a {peak_size(dev)}-square {r['peak_dtype']} matmul on this device (matmul_peak_tflops)"
 
     (path/'run').mkdir()
     learn, cbs, ck = train_loop(dls, ts, path/'run')  # `train`'s learner and callbacks: run log, checkpoint, divergence stop, EMA
