@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, signal, sys
 from fastcore.script import call_parse, anno_parser, store_true
-from .core import FastResnetError, Terminated, check, rank0_says, shown_as, INT, FLOAT, PATH, one_of, OPTIMIZERS, DEVICES, PAD_MODES, LR_RULES, LOADERS, PRECISIONS, home_path
+from .core import FastResnetError, Terminated, check, rank0_says, sigterm_handled, shown_as, INT, FLOAT, PATH, one_of, OPTIMIZERS, DEVICES, PAD_MODES, LR_RULES, LOADERS, PRECISIONS, home_path
 from .device import launched_world, check_parallel
 
 # %% auto #0
@@ -154,27 +154,27 @@ def _terminated(signum, frame):
 def main(argv=None):
     "Entry point of the `fast_resnet` command and of `python -m fast_resnet`"
     argv = sys.argv[1:] if argv is None else argv
-    try: old = signal.signal(signal.SIGTERM, _terminated)  # SIGTERM (kill, a scheduler) ends a run as Ctrl-C does: its records written
-    except ValueError: old = None  # not the main thread
-    try: code = run_command(argv)
-    except FastResnetError as e:
-        if not getattr(e, 'quiet', False): print(f"error: {e}", file=sys.stderr)  # quiet: rank 0 of the launch says it
-        code = getattr(e, 'exit_code', 2)  # 2: bad input; 3: training diverged; 1: a process of a data-parallel run failed
-    except Terminated:
-        print("error: stopped by SIGTERM; the run folder keeps the epochs that finished (--resume continues it)", file=sys.stderr)
-        code = 143
-    except KeyboardInterrupt:
-        print("error: interrupted; the run folder keeps the epochs that finished (--resume continues it)", file=sys.stderr)
-        code = 130
-    except BaseException as e:
-        if type(e).__name__ == 'OutOfMemoryError':  # torch's (CUDA's, and MPS's since torch 2.5): one line with the fix
-            print(f"error: {out_of_memory(e)}", file=sys.stderr)
-            code = 1
-        elif type(e).__name__ == 'LauncherStopped':  # `fast_resnet.distributed`'s, before a fit began
-            print("error: stopped: the launcher sent SIGTERM (another process failed, or the launch was stopped)", file=sys.stderr)
-            code = 1
-        else: raise
-    if old is not None: signal.signal(signal.SIGTERM, old)  # `main` called in a notebook leaves its kernel as it was
+    # SIGTERM (kill, a scheduler) ends a run as Ctrl-C does, its records written; `main` called in a notebook leaves
+    # the kernel's handler as it was, whatever happens
+    with sigterm_handled(_terminated):
+        try: code = run_command(argv)
+        except FastResnetError as e:
+            if not getattr(e, 'quiet', False): print(f"error: {e}", file=sys.stderr)  # quiet: rank 0 of the launch says it
+            code = getattr(e, 'exit_code', 2)  # 2: bad input; 3: training diverged; 1: a process of a data-parallel run failed
+        except Terminated:
+            print("error: stopped by SIGTERM; the run folder keeps the epochs that finished (--resume continues it)", file=sys.stderr)
+            code = 143
+        except KeyboardInterrupt:
+            print("error: interrupted; the run folder keeps the epochs that finished (--resume continues it)", file=sys.stderr)
+            code = 130
+        except BaseException as e:
+            if type(e).__name__ == 'OutOfMemoryError':  # torch's (CUDA's, and MPS's since torch 2.5): one line with the fix
+                print(f"error: {out_of_memory(e)}", file=sys.stderr)
+                code = 1
+            elif type(e).__name__ == 'LauncherStopped':  # `fast_resnet.distributed`'s, before a fit began
+                print("error: stopped: the launcher sent SIGTERM (another process failed, or the launch was stopped)", file=sys.stderr)
+                code = 1
+            else: raise
     sys.exit(code)
 
 def out_of_memory(e) -> str:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c1d85966
 from __future__ import annotations
-import json, math, os, random, warnings
+import json, math, os, random, signal, warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,8 +17,8 @@ warnings.filterwarnings('ignore', message=r'IProgress not found')
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'DEVICES', 'PAD_MODES', 'LR_RULES', 'LOADERS', 'PRECISIONS', 'MAX_LR_RATIO', 'N_VALID', 'DEFAULTS',
            'QUICK', 'WD', 'INT', 'FLOAT', 'PATH', 'LAST_SHAPE', 'LR_FILES', 'FastResnetError', 'check', 'Terminated',
-           'rank0_says', 'shown_as', 'one_of', 'interactive', 'home_path', 'progress_secs', 'shown_once',
-           'train_settings', 'lrs_from', 'settings_diffs', 'run_folder', 'write_json']
+           'rank0_says', 'sigterm_handled', 'shown_as', 'one_of', 'interactive', 'home_path', 'progress_secs',
+           'shown_once', 'train_settings', 'lrs_from', 'settings_diffs', 'run_folder', 'write_json']
 
 # %% ../nbs/00_core.ipynb #ba64126c
 class FastResnetError(ValueError):
@@ -38,6 +38,16 @@ def rank0_says():
     except FastResnetError as e:
         e.quiet = os.environ.get('RANK', '0') != '0'  # `RANK`: set by torchrun and accelerate launch, before any process group
         raise
+
+# %% ../nbs/00_core.ipynb #78ae86b6
+@contextmanager
+def sigterm_handled(handler):
+    "SIGTERM taken by `handler` (a function, or `signal.SIG_IGN`) inside the block, as before after it; left as it is outside the main thread, where signals cannot be set"
+    try: old = signal.signal(signal.SIGTERM, handler)
+    except ValueError: old = None  # not the main thread
+    try: yield
+    finally:
+        if old is not None: signal.signal(signal.SIGTERM, old)
 
 # %% ../nbs/00_core.ipynb #5b6d41e8
 OPTIMIZERS = ('sgd', 'nesterov', 'adam')

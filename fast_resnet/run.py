@@ -177,14 +177,11 @@ def write_unfinished(path, s:dict, e:BaseException, done:int):
     m = dict(complete=False, stopped=dict(epoch=done + 1, signal=sig, error=None if sig else f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"),
              epochs_done=done, lr_min=s['lr_min'], lr_max=s['lr_max'], epochs=s['epochs'])
     import signal
-    try: old = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a SIGTERM now (a launcher's, once a process failed) waits for the write
-    except ValueError: old = None  # not the main thread
-    try:  # what the run finished is written down; a failure here must not hide the error that stopped it
-        write_report(path, m)
-        write_json(path/'metrics.json', m)
-    except Exception: pass
-    finally:
-        if old is not None: signal.signal(signal.SIGTERM, old)
+    with sigterm_handled(signal.SIG_IGN):  # a SIGTERM now (a launcher's, once a process failed) waits for the write
+        try:  # what the run finished is written down; a failure here must not hide the error that stopped it
+            write_report(path, m)
+            write_json(path/'metrics.json', m)
+        except Exception: pass
 
 def _train(kw, resume, figures, ddp, on_lrs):
     from fast_resnet.interpret import plot_curves, plot_misclassified, plot_confusion, interpret

@@ -72,6 +72,25 @@ def _stopped(out, how:str, epochs:int):
     assert len(EPOCH_ROW.findall(text)) == len(rows) and '## Results' not in text and '--resume' in text.splitlines()[2]
     return m
 
+def test_main_puts_sigterm_back(monkeypatch):
+    "`main` turns SIGTERM into `Terminated` while it runs and puts the caller's handler back (a notebook's kernel), also when an error it does not know goes through"
+    from fast_resnet import cli
+    seen = []
+    def run_command(argv):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        if argv == ['boom']: raise RuntimeError('not a fast_resnet error')
+        return 0
+    monkeypatch.setattr(cli, 'run_command', run_command)
+    def mine(signum, frame): pass
+    old = signal.signal(signal.SIGTERM, mine)
+    try:
+        with pytest.raises(SystemExit): cli.main(['fine'])
+        assert signal.getsignal(signal.SIGTERM) is mine
+        with pytest.raises(RuntimeError): cli.main(['boom'])
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert seen == [cli._terminated] * 2
+    finally: signal.signal(signal.SIGTERM, old)
+
 @pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])
 def test_interrupted_run(sig, fake_data, tmp_path):
     "Ctrl-C (SIGINT) or `kill` (SIGTERM) after the first epoch's checkpoint: one line, exit 130 or 143, and both records say the run did not finish"
