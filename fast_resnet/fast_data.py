@@ -36,10 +36,10 @@ def _decode_all(files, workers=None) -> np.ndarray:
     chunks = [c.tolist() for c in np.array_split(np.array(files, dtype=object), max(1, min(len(files) // 500, max(workers, 1) * 8)))]
     def counted(parts):  # a bar in a notebook or a terminal, counting images; in a log a line every `progress_secs()`
         if not interactive():
-            done, out, t0 = 0, [], time.monotonic(); last = t0
+            done, out, t0, every = 0, [], time.monotonic(), progress_secs(); last = t0  # the setting read once
             for c, part in zip(chunks, parts):
                 done += len(c); out.append(part)
-                if time.monotonic() - last >= progress_secs() and done < len(files):
+                if time.monotonic() - last >= every and done < len(files):
                     last = time.monotonic(); print(f"decoding: {done:,} of {len(files):,} images, {last - t0:.0f} s", flush=True)
             return out
         from fastprogress.fastprogress import progress_bar
