@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_device.ipynb #f73b530c
 from __future__ import annotations
-import os
+import os, sys
 from pathlib import Path
 from .core import FastResnetError, check, DEVICES, PRECISIONS
 
@@ -106,11 +106,15 @@ def device_info(device:str) -> dict:
     name = 'Apple GPU (MPS)' if kind == 'mps' else f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
     return dict(device_type=kind, device_name=name, compute_capability=None)
 
-_warned = set()  # the precision warnings said in this process: each once
+_said = set()  # the lines `_say_once` said in this process: the precision warnings, the device lines
+
+def _say_once(line:str, file=None):
+    "Print `line` (to `file`, default stdout) unless this process said it already"
+    if line not in _said: _said.add(line); print(line, file=file or sys.stdout, flush=True)
 
 def resolve_precision(precision:str, device:str) -> str:
     "The precision ('bf16', 'fp16', 'fp32') a run on `device` uses for `precision`; a choice the device cannot run is an error, one it only emulates a warning"
-    import sys, torch
+    import torch
     check(precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     kind = device.split(':')[0]
     if kind != 'cuda':  # the CPU and MPS: fp32 unless asked; both run bf16 and fp16 autocast, untuned
@@ -124,10 +128,8 @@ def resolve_precision(precision:str, device:str) -> str:
     where = f"{name} (compute capability {cc[0]}.{cc[1]})"
     if precision == 'bf16' and cc < (8, 0):
         check(torch.cuda.is_bf16_supported(including_emulation=True), f"--precision bf16 does not run on {where}: use --precision {auto} or auto")
-        if ('bf16', where) not in _warned:
-            _warned.add(('bf16', where))
-            print(f"warning: --precision bf16 on {where} is emulated (no bf16 tensor cores): slow, and its sums less exact; "
-                  f"--precision auto would use {auto}", file=sys.stderr, flush=True)
+        _say_once(f"warning: --precision bf16 on {where} is emulated (no bf16 tensor cores): slow, and its sums less exact; "
+                  f"--precision auto would use {auto}", sys.stderr)
     check(precision != 'fp16' or cc >= (5, 3), f"--precision fp16 does not run on {where} (it needs compute capability 5.3): use fp32")
     return auto if precision == 'auto' else precision
 
@@ -149,12 +151,9 @@ def device_line(device:str, precision:str) -> str:
     cc = f", compute capability {i['compute_capability']}" if i['compute_capability'] else ''
     return f"device {device}: {i['device_name']}{cc}; precision {precision}; {torch_build()}"
 
-_said = set()  # the device lines said in this process
-
 def say_device(device:str, precision:str):
     "Print `device_line` once per process (the command line says it before fastai is imported; `train` in a notebook)"
-    line = device_line(device, precision)
-    if line not in _said: _said.add(line); print(line, flush=True)
+    _say_once(device_line(device, precision))
 
 # %% ../nbs/00a_device.ipynb #50d20e65
 def launched_world() -> int:

@@ -25,7 +25,7 @@ def choose(precision='auto', **kw):
     from fast_resnet.core import train_settings
     from fast_resnet.device import check_device_settings, resolve_precision
     import fast_resnet.device as device
-    device._warned.clear()
+    device._said.clear()
     err = io.StringIO()
     with simulated(**kw), contextlib.redirect_stderr(err):
         s = train_settings(precision=precision, seed=0)
