@@ -188,7 +188,11 @@ def test_a_dying_process_stops_the_run(data, tmp_path):
     t0 = time.time()
     _, stderr = p.communicate(timeout=300)
     assert p.returncode != 0 and time.time() - t0 < 60, time.time() - t0  # the others stop; no hang
-    assert any(l.startswith('error: rank 0 of 2 stopped: another process of the run failed, was killed or hung') for l in errors(stderr)), stderr[-3000:]
+    # what rank 0 sees first is a race: its collective breaking on the dead process's socket, or the launcher's SIGTERM
+    # (torchrun's monitor saw the death first: CI's run of this test); either way one line, and the finished epochs kept
+    stopped = [l for l in errors(stderr) if l.startswith('error: rank 0 of 2 stopped: ')]
+    assert len(stopped) == 1 and '--resume continues it' in stopped[0], stderr[-3000:]
+    assert any(why in stopped[0] for why in ('another process of the run failed, was killed or hung', 'the launcher sent SIGTERM')), stopped
     assert 'LauncherStopped' not in stderr  # the launcher's SIGTERM after the line above ends the process quietly
     assert 'rank      : 1 (local_rank: 1)' in stderr and 'SIGKILL' in stderr  # the launcher names the process that died
     done = torch.load(out/'checkpoint.pth', weights_only=False)['epoch']
