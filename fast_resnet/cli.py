@@ -4,13 +4,14 @@
 
 # %% ../nbs/07_cli.ipynb #0336211e
 from __future__ import annotations
-import os, signal, sys
+import os, signal, sys, time
 from fastcore.script import call_parse, anno_parser, store_true
 from .core import FastResnetError, Terminated, check, rank0_says, sigterm_handled, shown_as, INT, FLOAT, PATH, one_of, OPTIMIZERS, DEVICES, PAD_MODES, LR_RULES, LOADERS, PRECISIONS, home_path
 from .device import launched_world, check_parallel
 
 # %% auto #0
-__all__ = ['COMMANDS', 'train_cmd', 'lr_find_cmd', 'predict_cmd', 'report_cmd', 'run_command', 'main', 'out_of_memory']
+__all__ = ['COMMANDS', 'RANK0_GRACE', 'train_cmd', 'lr_find_cmd', 'predict_cmd', 'report_cmd', 'run_command', 'main',
+           'out_of_memory']
 
 # %% ../nbs/07_cli.ipynb #746b9a7c
 @call_parse
@@ -147,6 +148,16 @@ def run_command(argv) -> int:
     else: func(**ns)
     return 0
 
+RANK0_GRACE = 30  # seconds that a process other than rank 0 waits, after bad input, for rank 0 to say it and exit
+
+def _leave_it_to_rank0():
+    "Bad input that rank 0 says for the launch: wait for rank 0 to say it and exit; the launcher's SIGTERM then ends this process, quietly"
+    # exiting first would have the launcher SIGTERM rank 0, maybe before its line ('stopped by SIGTERM' in its place)
+    try: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError: pass  # not the main thread
+    try: time.sleep(RANK0_GRACE)
+    except KeyboardInterrupt: pass  # Ctrl-C to the launch: exit 2 all the same
+
 def _terminated(signum, frame):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second SIGTERM ends the process at once
     raise Terminated()
@@ -159,7 +170,8 @@ def main(argv=None):
     with sigterm_handled(_terminated):
         try: code = run_command(argv)
         except FastResnetError as e:
-            if not getattr(e, 'quiet', False): print(f"error: {e}", file=sys.stderr)  # quiet: rank 0 of the launch says it
+            if getattr(e, 'quiet', False): _leave_it_to_rank0()  # quiet: rank 0 of the launch says it
+            else: print(f"error: {e}", file=sys.stderr)
             code = getattr(e, 'exit_code', 2)  # 2: bad input; 3: training diverged; 1: a process of a data-parallel run failed
         except Terminated:
             print("error: stopped by SIGTERM; the run folder keeps the epochs that finished (--resume continues it)", file=sys.stderr)

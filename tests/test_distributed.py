@@ -1,5 +1,5 @@
 "Data-parallel runs and studies on 2 CPU processes (gloo): one run folder, one process's schedule, each test image once, resume after SIGKILL, faults."
-import csv, json, os, signal, socket, subprocess, sys, time
+import csv, json, os, re, signal, socket, subprocess, sys, time
 import pytest
 from conftest import ROOT, CACHE, cli, assert_bad_input
 
@@ -243,6 +243,10 @@ def test_bad_input_said_once(data, tmp_path):
     r = launch('train', '--data', data, '--out', tmp_path/'full', *GIVEN)
     assert r.returncode != 0
     assert errors(r.stderr) == [f"error: --out {tmp_path/'full'} already holds files: name a new or empty folder"], r.stderr[-2000:]
+    # the others waited for rank 0 to say it and exit: the launcher names rank 0's exit 2 as the cause (when one exited
+    # first, the launcher's SIGTERM could reach rank 0 before its line: 'stopped by SIGTERM' instead, in CI once)
+    cause = r.stderr.split('Root Cause')[-1]
+    assert re.search(r'rank\s*: 0 \(local_rank: 0\)\s*exitcode\s*: 2\b', cause), cause
 
 def test_sigterm_from_the_launcher(data, tmp_path):
     "A launcher stops the processes with SIGTERM once one has failed: the process says so in one line, exits 1, keeps its epochs"
