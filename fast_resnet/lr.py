@@ -75,6 +75,11 @@ def lr_bounds(lrs, losses, rule:str=DEFAULTS['lr_rule'], max_ratio:float=MAX_LR_
     where = f"between LR {lrs[0]:.2g} and {lrs[-1]:.2g}"
     check(f['smooth'].min() <= 0.95 * f['smooth'][0],
           f"the LR range test's loss never fell by 5% {where}: nothing to read LRMAX from; give --lr-min and --lr-max")
+    # stopped after the curve: it diverged in the last batches, which fastai's reading (and so this one) leaves out
+    check('minimum' in f or not diverged or stop_lr <= lrs[-1],
+          f"the LR range test's loss had not turned up by LR {lrs[-1]:.2g}, where the curve that fastai reads ends, and diverged "
+          f"by LR {stop_lr:.2g}: its turn lies in the last batches, which that reading leaves out; raise --lr-find-iters "
+          "(more batches a decade), or give --lr-min and --lr-max")
     check('minimum' in f, f"the LR range test's loss fell but never turned up again {where}, so it has no minimum: "
                           "give --lr-min and --lr-max, or raise --lr-find-iters")
     feats = {k: float(lrs[v]) for k, v in f.items() if k != 'smooth'}
