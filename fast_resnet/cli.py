@@ -75,12 +75,13 @@ def _checked(resume:bool=False, **kw) -> dict:
     if kw.get('out') is not None:
         with rank0_says(): run_folder(kw['out'], exist_ok=resume, create=False)
     from fast_resnet.data import check_run
-    s = check_run(**kw)
+    with rank0_says(): s = check_run(**kw)  # under a launcher every process finds the same fault in the data: one says it
     from fast_resnet.device import check_device_settings, say_device, resolve_precision
-    dev = check_device_settings(s)
-    if os.environ.get('RANK', '0') == '0': say_device(dev, resolve_precision(s['precision'], dev))  # first: what it runs on
+    with rank0_says(): dev = check_device_settings(s)
+    rank0 = os.environ.get('RANK', '0') == '0'
+    if rank0: say_device(dev, resolve_precision(s['precision'], dev))  # first: what it runs on
     d = s['data']
-    if hasattr(d, 'train'):
+    if hasattr(d, 'train') and rank0:
         n_tr, n_te = min(s['n_train'] or len(d.train), len(d.train)), min(s['n_test'] or len(d.test), len(d.test))
         print(f"CIFAR-10 in {d.path}: {n_tr:,} training and {n_te:,} {'held-out' if d.eval_split == 'valid' else 'test'} images, "
               "checked; loading fastai", flush=True)
@@ -150,13 +151,15 @@ def run_command(argv) -> int:
 
 RANK0_GRACE = 30  # seconds that a process other than rank 0 waits, after bad input, for rank 0 to say it and exit
 
-def _leave_it_to_rank0():
-    "Bad input that rank 0 says for the launch: wait for rank 0 to say it and exit; the launcher's SIGTERM then ends this process, quietly"
-    # exiting first would have the launcher SIGTERM rank 0, maybe before its line ('stopped by SIGTERM' in its place)
+def _leave_it_to_rank0(e):
+    "Bad input `e` that rank 0 says for the launch: wait for rank 0 to say it and exit (the launcher's SIGTERM then ends this process, quietly); say it after `RANK0_GRACE` seconds if that has not come"
+    # exiting first would have the launcher SIGTERM rank 0, maybe before its line ('stopped by SIGTERM' in its place);
+    # saying it late keeps it from being lost where rank 0 found nothing (another machine, other files)
     try: signal.signal(signal.SIGTERM, signal.SIG_DFL)
     except ValueError: pass  # not the main thread
     try: time.sleep(RANK0_GRACE)
     except KeyboardInterrupt: pass  # Ctrl-C to the launch: exit 2 all the same
+    print(f"error: {e}", file=sys.stderr)
 
 def _terminated(signum, frame):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second SIGTERM ends the process at once
@@ -170,7 +173,7 @@ def main(argv=None):
     with sigterm_handled(_terminated):
         try: code = run_command(argv)
         except FastResnetError as e:
-            if getattr(e, 'quiet', False): _leave_it_to_rank0()  # quiet: rank 0 of the launch says it
+            if getattr(e, 'quiet', False): _leave_it_to_rank0(e)  # quiet: rank 0 of the launch says it
             else: print(f"error: {e}", file=sys.stderr)
             code = getattr(e, 'exit_code', 2)  # 2: bad input; 3: training diverged; 1: a process of a data-parallel run failed
         except Terminated:

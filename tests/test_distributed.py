@@ -238,6 +238,9 @@ def test_bad_input_said_once(data, tmp_path):
     r = launch('train', '--data', data, '--out', tmp_path/'x', '--bs', '33', '--device', 'cpu')
     assert r.returncode != 0 and not (tmp_path/'x').exists()
     assert errors(r.stderr) == ["error: --bs 33 does not split over the 2 processes (each takes --bs / 2): give a multiple of 2, such as 32 or 34"]
+    r = launch('train', '--data', tmp_path/'nope', '--out', tmp_path/'x', '--device', 'cpu')  # every process checks the data
+    assert errors(r.stderr) == [f"error: --data {tmp_path/'nope'} does not exist: point --data at a CIFAR-10 folder "
+                                "(train/<class>/*.png or cifar-10-batches-py/)"], r.stderr[-2000:]
     # what rank 0 checks and tells the others (the run folder): said once too
     (tmp_path/'full').mkdir(); (tmp_path/'full'/'x').write_text('x')
     r = launch('train', '--data', data, '--out', tmp_path/'full', *GIVEN)
