@@ -70,12 +70,8 @@ def lr_find_cmd(): # every flag of `fast_resnet train` but --lr-min, --lr-max, -
 
 def _checked(resume:bool=False, **kw) -> dict:
     "`check_run(**kw)`, then a line saying which data the run reads: the first progress line, a few seconds after the start"
-    from fast_resnet.core import run_folder
-    # --out first: a file or a folder that holds files is answered at once, before the images are checked and fastai imported
-    if kw.get('out') is not None:
-        with rank0_says(): run_folder(kw['out'], exist_ok=resume, create=False)
     from fast_resnet.data import check_run
-    with rank0_says(): s = check_run(**kw)  # under a launcher every process finds the same fault in the data: one says it
+    s = check_run(resume, **kw)  # --out first: a file or a folder that holds files is answered before the images are read
     from fast_resnet.device import check_device_settings, say_device, resolve_precision
     with rank0_says(): dev = check_device_settings(s)
     rank0 = os.environ.get('RANK', '0') == '0'

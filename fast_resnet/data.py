@@ -8,7 +8,7 @@ import os, pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-from .core import FastResnetError, check, train_settings, home_path
+from .core import FastResnetError, check, rank0_says, train_settings, run_folder, home_path
 from .device import resolve_device
 
 # %% auto #0
@@ -222,13 +222,16 @@ def run_data(data=None, valid:bool=False) -> CifarData:
     data = read_cifar(data)
     return holdout(data) if valid and data.eval_split != 'valid' else data
 
-def check_run(**kw) -> dict:
-    "`train_settings(**kw)` with the device and (unless it will be downloaded) every image the run reads checked"
-    s = train_settings(**kw)
-    resolve_device(s['device'])
-    if s['data'] is not None or os.environ.get('FAST_RESNET_DATA'):
-        # the fast loader decodes every image before training, with the same errors: its headers are enough here
-        s['data'] = check_data(run_data(s['data'], s['valid']), s['n_train'], s['n_test'], decode=s['loader'] != 'fast')
+def check_run(resume:bool=False, **kw) -> dict:
+    "`train_settings(**kw)` with `--out` (first), the device and (unless it will be downloaded) every image the run reads checked; under a launcher rank 0 alone says a fault"
+    with rank0_says():  # every process of a launch finds the same fault: one says it
+        # a file, or a folder that holds files, is answered at once, before the images are read
+        if kw.get('out') is not None: run_folder(kw['out'], exist_ok=resume, create=False)
+        s = train_settings(**kw)
+        resolve_device(s['device'])
+        if s['data'] is not None or os.environ.get('FAST_RESNET_DATA'):
+            # the fast loader decodes every image before training, with the same errors: its headers are enough here
+            s['data'] = check_data(run_data(s['data'], s['valid']), s['n_train'], s['n_test'], decode=s['loader'] != 'fast')
     return s
 
 def check_bs(bs:int, n:int):

@@ -8,7 +8,7 @@ import json, shutil, statistics, time
 from contextlib import contextmanager
 from pathlib import Path
 from fastcore.script import call_parse, store_true
-from .core import FastResnetError, check, rank0_says, _num, train_settings, settings_diffs, run_folder, write_json, INT, home_path
+from .core import FastResnetError, check, _num, train_settings, settings_diffs, run_folder, write_json, INT, home_path
 from .device import launched_world
 
 # %% auto #0
@@ -194,8 +194,6 @@ def study_cmd(seeds:INT='5', # how many runs (seeds --first-seed, --first-seed +
               resume:store_true=False, # go on with the study in --out: finish stopped runs, add missing ones
               **train_flags): # every flag of `fast_resnet train` but --seed
     "Train several seeds of the same settings (the LR range test runs once) and write study.json: mean, std, min, max"
-    if train_flags.get('out') is not None:  # at once, before the images are checked and fastai imported
-        with rank0_says(): run_folder(train_flags['out'], exist_ok=resume, create=False)
-    from fast_resnet.data import check_run
-    train_flags['data'] = check_run(**{k: v for k, v in train_flags.items() if k != 'seed'})['data']  # before fastai is imported
+    from fast_resnet.data import check_run  # --out first, then the images: before fastai is imported
+    train_flags['data'] = check_run(resume, **{k: v for k, v in train_flags.items() if k != 'seed'})['data']
     study(seeds, first_seed, resume=resume, **train_flags)
