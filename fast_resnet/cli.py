@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, signal, sys, time
 from fastcore.script import call_parse, anno_parser, store_true
-from .core import FastResnetError, Terminated, check, rank0_says, sigterm_handled, shown_as, INT, FLOAT, PATH, one_of, OPTIMIZERS, DEVICES, PAD_MODES, LR_RULES, LOADERS, PRECISIONS, home_path
+from .core import FastResnetError, Terminated, check, rank0_says, sigterm_handled, sigterm_ends_quietly, shown_as, INT, FLOAT, PATH, one_of, OPTIMIZERS, DEVICES, PAD_MODES, LR_RULES, LOADERS, PRECISIONS, home_path
 from .device import launched_world, check_parallel
 
 # %% auto #0
@@ -151,8 +151,7 @@ def _leave_it_to_rank0(e):
     "Bad input `e` that rank 0 says for the launch: wait for rank 0 to say it and exit (the launcher's SIGTERM then ends this process, quietly); say it after `RANK0_GRACE` seconds if that has not come"
     # exiting first would have the launcher SIGTERM rank 0, maybe before its line ('stopped by SIGTERM' in its place);
     # saying it late keeps it from being lost where rank 0 found nothing (another machine, other files)
-    try: signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    except ValueError: pass  # not the main thread
+    sigterm_ends_quietly()
     try: time.sleep(RANK0_GRACE)
     except KeyboardInterrupt: pass  # Ctrl-C to the launch: exit 2 all the same
     print(f"error: {e}", file=sys.stderr)

@@ -17,8 +17,8 @@ warnings.filterwarnings('ignore', message=r'IProgress not found')
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'DEVICES', 'PAD_MODES', 'LR_RULES', 'LOADERS', 'PRECISIONS', 'MAX_LR_RATIO', 'N_VALID', 'DEFAULTS',
            'QUICK', 'WD', 'INT', 'FLOAT', 'PATH', 'LAST_SHAPE', 'LR_FILES', 'FastResnetError', 'check', 'Terminated',
-           'rank0_says', 'sigterm_handled', 'shown_as', 'one_of', 'interactive', 'home_path', 'progress_secs',
-           'shown_once', 'train_settings', 'lrs_from', 'settings_diffs', 'run_folder', 'write_json']
+           'rank0_says', 'sigterm_handled', 'sigterm_ends_quietly', 'shown_as', 'one_of', 'interactive', 'home_path',
+           'progress_secs', 'shown_once', 'train_settings', 'lrs_from', 'settings_diffs', 'run_folder', 'write_json']
 
 # %% ../nbs/00_core.ipynb #ba64126c
 class FastResnetError(ValueError):
@@ -48,6 +48,11 @@ def sigterm_handled(handler):
     try: yield
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
+
+def sigterm_ends_quietly():
+    "From now on SIGTERM ends this process at once, saying nothing (its default), in a process that has said what happened; nothing outside the main thread"
+    try: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError: pass  # not the main thread
 
 # %% ../nbs/00_core.ipynb #5b6d41e8
 OPTIMIZERS = ('sgd', 'nesterov', 'adam')

@@ -10,7 +10,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
-from .core import FastResnetError, check  # first: it quiets a warning of fastai's import
+from .core import FastResnetError, check, sigterm_ends_quietly  # first: it quiets a warning of fastai's import
 from .device import launched_world, resolve_device
 from fastai.vision.all import Callback
 from .fast_data import DeviceDL
@@ -213,9 +213,7 @@ _OTHERS = ('/gloo/', 'Watchdog caught collective operation timeout', 'NCCL commu
 
 def failure(e:BaseException, out, epochs:int=None) -> ProcessFailed:
     "This process's one-line error for the exception `e` that ended its part of a data-parallel run; `epochs` None: it ended while the processes set the run up"
-    # the launcher's SIGTERM, which comes once a process has failed, then ends this one quietly: it has said what happened
-    try: signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    except ValueError: pass  # not the main thread
+    sigterm_ends_quietly()  # the launcher's SIGTERM, which comes once a process has failed: this one has said what happened
     keep = f"{out} keeps {epochs} finished epoch{'s' * (epochs != 1)}: --resume continues it" if epochs is not None else 'nothing was trained'
     msg = ' '.join(str(e).split())
     if type(e).__name__ == 'OutOfMemoryError':
